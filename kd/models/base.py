@@ -1,0 +1,158 @@
+"""The surface every student and teacher shares, and HF-style save/load.
+
+A saved model is a folder:
+    kd_config.json      {"architecture": <registry name>, "options": {...}, "backbone_config": {...HF config...}}
+    model.safetensors   the whole state dict (encoder + heads)
+    tokenizer files     written by the tokenizer's own save_pretrained
+`Ranker.from_pretrained(folder)` reads the architecture name and builds the right class (registry in kd.models).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+from safetensors.torch import load_model as st_load_model
+from safetensors.torch import save_model as st_save_model
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from kd.models import backbone as bb
+
+CONFIG_NAME = "kd_config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+class Ranker(nn.Module):
+    """Base class: one relevance score per (query, passage).
+
+    Subclasses set `architecture` (registry name), implement `tokenize(queries, passages) -> batch` and
+    `forward(**batch) -> Tensor[B]`. Dual encoders set `dual_encoder = True` and add `encode_queries`/`encode_docs`.
+    """
+
+    architecture: ClassVar[str] = ""
+    dual_encoder: ClassVar[bool] = False
+
+    def __init__(self, encoder: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase, **options: Any):
+        super().__init__()
+        json.dumps(options)  # options must round-trip through kd_config.json
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.options = options
+
+    # ------------------------------------------------------------------------------------------------ constructors
+    @classmethod
+    def from_backbone(cls, name_or_path: str | Path | None = None, **options: Any) -> "Ranker":
+        """A new student on a pretrained HF encoder (hub name or path; default: the packaged all-MiniLM-L6-v2)."""
+        encoder, tokenizer = bb.load_encoder(name_or_path or bb.default_backbone())
+        return cls(encoder, tokenizer, **options)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "Ranker":
+        """Load a folder written by `save_pretrained` (any architecture when called on `Ranker`)."""
+        folder = Path(folder)
+        config_file = folder / CONFIG_NAME
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file} not found: {folder} is not a saved kd model")
+        saved = json.loads(config_file.read_text())
+        arch = saved.get("architecture")
+        from kd.models import MODELS  # registry; imported here to avoid a cycle
+
+        if arch not in MODELS:
+            raise ValueError(f"{config_file}: unknown architecture {arch!r}; known: {sorted(MODELS)}")
+        target = MODELS[arch]
+        if cls is not Ranker and not issubclass(target, cls):
+            raise ValueError(f"{config_file} holds a {arch!r} model, not a {cls.architecture!r}")
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = target._from_saved(saved, tokenizer)
+        st_load_model(model, str(folder / WEIGHTS_NAME), strict=True)
+        model.eval()
+        return model
+
+    @classmethod
+    def _from_saved(cls, saved: dict, tokenizer: PreTrainedTokenizerBase) -> "Ranker":
+        """Build an instance with random weights in the saved shape (weights are loaded by the caller)."""
+        encoder = bb.encoder_from_config(saved["backbone_config"])
+        return cls(encoder, tokenizer, **saved["options"])
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        saved = {
+            "architecture": self.architecture,
+            "format_version": FORMAT_VERSION,
+            "options": self.options,
+            "backbone_config": bb.encoder_config_dict(self.encoder) if self.encoder is not None else None,
+        }
+        (folder / CONFIG_NAME).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+        st_save_model(self, str(folder / WEIGHTS_NAME))
+        self.tokenizer.save_pretrained(folder)
+        return folder
+
+    # ---------------------------------------------------------------------------------------------------- scoring
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def tokenize(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def score(self, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:
+        """Scores [B] for aligned (query, passage) pairs; gradients flow unless the caller disables them."""
+        _check_pairs(queries, passages)
+        batch = {k: v.to(self.device) for k, v in self.tokenize(queries, passages).items()}
+        return self(**batch)
+
+    @torch.inference_mode()
+    def predict(
+        self, queries: Sequence[str], passages: Sequence[str], batch_size: int = 64, show_progress: bool = False
+    ) -> torch.Tensor:
+        """Inference scores [N] (CPU float32) for many pairs: length-sorted batches so padding stays small."""
+        _check_pairs(queries, passages)
+        order = sorted(range(len(queries)), key=lambda i: len(queries[i]) + len(passages[i]))
+        out = torch.empty(len(queries), dtype=torch.float32)
+        was_training = self.training
+        self.eval()
+        try:
+            starts = range(0, len(order), batch_size)
+            if show_progress:
+                from tqdm.auto import tqdm
+
+                starts = tqdm(starts, desc=f"scoring ({self.architecture})", unit="batch")
+            for start in starts:
+                idx = order[start : start + batch_size]
+                scores = self.score([queries[i] for i in idx], [passages[i] for i in idx])
+                out[idx] = scores.float().cpu()
+        finally:
+            self.train(was_training)
+        return out
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def extra_repr(self) -> str:
+        return f"architecture={self.architecture!r}, options={self.options}"
+
+
+def _check_pairs(queries: Sequence[str], passages: Sequence[str]) -> None:
+    if isinstance(queries, str) or isinstance(passages, str):
+        raise TypeError("queries and passages must be sequences of strings, not a single string")
+    if len(queries) != len(passages):
+        raise ValueError(f"got {len(queries)} queries but {len(passages)} passages; pairs must be aligned")
+    if len(queries) == 0:
+        raise ValueError("no (query, passage) pairs to score")
+
+
+def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    return tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of token vectors over non-padding positions: [B, L, d], [B, L] → [B, d]."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)

@@ -1,0 +1,39 @@
+"""BERT_CAT: the all-to-all cross-encoder of Hofstätter et al. (seed 000).
+
+    s(q, p) = w · h_CLS([CLS] q [SEP] p [SEP]) + b
+
+The pair is truncated jointly to max_query_length + max_passage_length word pieces (paper: 30 + 200).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from kd.models import backbone as bb
+from kd.models.base import Ranker
+
+
+def tokenize_pairs(tokenizer, queries: Sequence[str], passages: Sequence[str], max_length: int) -> dict:
+    """`[CLS] q [SEP] p [SEP]` with joint (longest-first) truncation; shared by the cross-encoders."""
+    return tokenizer(
+        list(queries), list(passages), padding=True, truncation="longest_first", max_length=max_length,
+        return_tensors="pt",
+    )
+
+
+class BertCat(Ranker):
+    architecture = "bert_cat"
+
+    def __init__(self, encoder, tokenizer, *, max_query_length: int = 30, max_passage_length: int = 200):
+        super().__init__(encoder, tokenizer, max_query_length=max_query_length, max_passage_length=max_passage_length)
+        self.classifier = nn.Linear(bb.hidden_size(encoder), 1)
+
+    def tokenize(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, torch.Tensor]:
+        total = self.options["max_query_length"] + self.options["max_passage_length"] + 3
+        return tokenize_pairs(self.tokenizer, queries, passages, total)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return self.classifier(hidden.last_hidden_state[:, 0]).squeeze(-1)

@@ -1,0 +1,91 @@
+"""BERT_DOT: a bi-encoder with one shared encoder (seed 000), also the query-encoder student of seed 003.
+
+    s(q, p) = pool(q) · pool(p),   pool ∈ {h_CLS, mean of token vectors (padding excluded)}
+
+optionally followed by a Linear compression/projection (off by default) and L2 normalisation (off by default;
+sentence-transformers bi-encoders such as all-MiniLM-L6-v2 declare it, and it is then read from their folder).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from kd.models import backbone as bb
+from kd.models.base import Ranker, masked_mean, tokenize_texts
+
+POOLINGS = ("cls", "mean")
+
+
+class BertDot(Ranker):
+    architecture = "bert_dot"
+    dual_encoder = True
+
+    def __init__(
+        self,
+        encoder,
+        tokenizer,
+        *,
+        pooling: str = "cls",
+        normalize: bool = False,
+        projection_dim: int | None = None,
+        max_query_length: int = 30,
+        max_passage_length: int = 200,
+    ):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        super().__init__(
+            encoder, tokenizer, pooling=pooling, normalize=normalize, projection_dim=projection_dim,
+            max_query_length=max_query_length, max_passage_length=max_passage_length,
+        )
+        hidden = bb.hidden_size(encoder)
+        self.projection = nn.Linear(hidden, projection_dim) if projection_dim else None
+
+    @classmethod
+    def from_backbone(cls, name_or_path: str | Path | None = None, **options) -> "BertDot":
+        """As `Ranker.from_backbone`; pooling/normalize default to what a sentence-transformers folder declares."""
+        path = name_or_path or bb.default_backbone()
+        declared_pooling, declared_normalize = bb.sentence_transformers_pooling(path)
+        if options.get("pooling") is None:
+            options["pooling"] = declared_pooling or "cls"
+        if options.get("normalize") is None:
+            options["normalize"] = declared_normalize
+        return super().from_backbone(path, **options)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.options["projection_dim"] or bb.hidden_size(self.encoder)
+
+    def embed(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        """[B, L] token ids → [B, d] embeddings."""
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
+        pooled = hidden[:, 0] if self.options["pooling"] == "cls" else masked_mean(hidden, attention_mask)
+        if self.projection is not None:
+            pooled = self.projection(pooled)
+        if self.options["normalize"]:
+            pooled = nn.functional.normalize(pooled, p=2, dim=-1)
+        return pooled
+
+    def _encode(self, texts: Sequence[str], max_length: int) -> torch.Tensor:
+        batch = tokenize_texts(self.tokenizer, texts, max_length)
+        return self.embed(**{k: v.to(self.device) for k, v in batch.items()})
+
+    def encode_queries(self, queries: Sequence[str]) -> torch.Tensor:
+        return self._encode(queries, self.options["max_query_length"])
+
+    def encode_docs(self, passages: Sequence[str]) -> torch.Tensor:
+        return self._encode(passages, self.options["max_passage_length"])
+
+    def tokenize(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, torch.Tensor]:
+        q = tokenize_texts(self.tokenizer, queries, self.options["max_query_length"])
+        d = tokenize_texts(self.tokenizer, passages, self.options["max_passage_length"])
+        return {**{f"q_{k}": v for k, v in q.items()}, **{f"d_{k}": v for k, v in d.items()}}
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
+        q = self.embed(**{k[2:]: v for k, v in batch.items() if k.startswith("q_")})
+        d = self.embed(**{k[2:]: v for k, v in batch.items() if k.startswith("d_")})
+        return (q * d).sum(-1)
