@@ -82,3 +82,13 @@ class TeacherEnsemble(nn.Module):
             [m.predict(queries, passages, batch_size=batch_size, show_progress=show_progress) for m in self.members]
         )
         return members.mean(0), members
+
+
+def load_teacher(path: str | Path, kind: str = "cross", max_length: int = 512) -> Ranker:
+    """One teacher by kind: "cross" (cross-encoder) or "bi" (bi-encoder)."""
+    if kind == "cross":
+        return load_cross_encoder_teacher(path, max_length=max_length)
+    if kind == "bi":
+        return load_bi_encoder_teacher(path)
+    raise ValueError(f"teacher kind must be 'cross' or 'bi', got {kind!r}")
+

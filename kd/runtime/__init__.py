@@ -1,0 +1,1 @@
+"""The only place that imports ray, deepspeed or mlflow: jobs' runtime wiring."""

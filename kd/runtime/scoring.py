@@ -1,0 +1,228 @@
+"""Teacher-ensemble scoring of training triples on Ray Data (jobs/score_teachers.py).
+
+Driver: validates and joins id triples with text (every unknown id fails or is counted before Ray starts), cuts the
+rows into shards, and for each shard not yet on disk runs a Ray Data pipeline whose `map_batches` actor pool
+(`ActorPoolStrategy`, `num_gpus` per actor on GPU clusters) loads the ensemble once per actor and scores windows of
+rows, length-sorted inside each window. Each shard is written atomically as
+    shards/part-NNNNN.tsv      pos_score<TAB>neg_score<TAB>qid<TAB>pos_pid<TAB>neg_pid   (ensemble mean)
+    shards/part-NNNNN.parquet  ids + every member's raw pos/neg scores
+and a rerun skips finished shards. At the end the shards are concatenated into `teacher_scores.tsv` (the published
+Margin-MSE format) and `members.parquet`, and counts, throughput and teacher identities go to MLflow.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from kd.config import ScoreTeachersConfig, to_flat_dict
+from kd.data.join import JoinedTriple, JoinStats, join_triples, load_passages, load_queries
+from kd.teachers import TeacherEnsemble, load_teacher
+
+logger = logging.getLogger(__name__)
+
+SCORES_FILE = "teacher_scores.tsv"
+MEMBERS_FILE = "members.parquet"
+SUMMARY_FILE = "summary.json"
+
+
+class TeacherScorer:
+    """Ray Data callable class: one teacher ensemble per actor; scores a window of (query, pos, neg) rows."""
+
+    def __init__(self, teachers: list[dict], batch_size: int, use_gpu: bool):
+        self.names = [t["name"] for t in teachers]
+        members = [load_teacher(t["path"], t["kind"], t["max_length"]) for t in teachers]
+        self.ensemble = TeacherEnsemble(members, names=self.names)
+        self.device = torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+        self.ensemble.to(self.device)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        queries = [str(q) for q in batch["query"]]
+        n = len(queries)
+        passages = [str(p) for p in batch["pos"]] + [str(p) for p in batch["neg"]]
+        # bf16 on GPU, fp32 on CPU; `predict` sorts the 2n pairs by length so padding stays small
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            _, members = self.ensemble.predict(queries + queries, passages, batch_size=self.batch_size)
+        members = members.numpy().astype(np.float32)
+        out = {"row": batch["row"]}
+        for i, name in enumerate(self.names):
+            out[f"{name}_pos"] = members[i, :n]
+            out[f"{name}_neg"] = members[i, n:]
+        return out
+
+
+def _fingerprint(cfg: ScoreTeachersConfig) -> dict:
+    st = os.stat(cfg.input)
+    return {
+        "input": str(Path(cfg.input).resolve()), "input_size": st.st_size, "input_mtime": int(st.st_mtime),
+        "shard_size": cfg.shard_size, "teachers": [t.model_dump() for t in cfg.teachers],
+        "queries": cfg.text.queries, "passages": cfg.text.passages, "use_title": cfg.text.use_title,
+        "strict": cfg.strict,
+    }
+
+
+def _check_manifest(out: Path, fp: dict) -> None:
+    manifest = out / "manifest.json"
+    if manifest.exists():
+        old = json.loads(manifest.read_text())
+        if old != fp:
+            changed = sorted(k for k in fp if old.get(k) != fp[k])
+            raise ValueError(
+                f"{out} holds shards of a different scoring run (changed: {changed}); "
+                "use another output_dir or delete it to start over"
+            )
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps(fp, indent=2) + "\n")
+
+
+def _chunks(it: Iterator, size: int) -> Iterator[list]:
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def _write_atomic_tsv(path: Path, lines: list[str]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(lines))
+    os.replace(tmp, path)
+
+
+def _shard_paths(out: Path, i: int) -> tuple[Path, Path]:
+    return out / "shards" / f"part-{i:05d}.tsv", out / "shards" / f"part-{i:05d}.parquet"
+
+
+def _score_shard(rows: list[JoinedTriple], first_row: int, cfg: ScoreTeachersConfig) -> dict[str, np.ndarray]:
+    import ray
+
+    table = pa.table({
+        "row": np.arange(first_row, first_row + len(rows), dtype=np.int64),
+        "query": [r.query for r in rows], "pos": [r.pos for r in rows], "neg": [r.neg for r in rows],
+    })
+    ds = ray.data.from_arrow(table).map_batches(
+        TeacherScorer,
+        fn_constructor_kwargs={
+            "teachers": [t.model_dump() for t in cfg.teachers], "batch_size": cfg.batch_size,
+            "use_gpu": cfg.gpus_per_actor > 0,
+        },
+        batch_size=cfg.window,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        num_cpus=cfg.cpus_per_actor,
+        num_gpus=cfg.gpus_per_actor or None,
+    )
+    parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.argsort(result["row"], kind="stable")
+    result = {k: v[order] for k, v in result.items()}
+    if len(result["row"]) != len(rows) or result["row"][0] != first_row:
+        raise RuntimeError(f"scoring returned {len(result['row'])} rows for a shard of {len(rows)}")
+    return result
+
+
+def _write_shard(out: Path, i: int, rows: list[JoinedTriple], scored: dict[str, np.ndarray], names: list[str]) -> None:
+    tsv, parquet = _shard_paths(out, i)
+    tsv.parent.mkdir(parents=True, exist_ok=True)
+    members_pos = np.stack([scored[f"{n}_pos"] for n in names]).astype(np.float64)
+    members_neg = np.stack([scored[f"{n}_neg"] for n in names]).astype(np.float64)
+    mean_pos, mean_neg = members_pos.mean(0), members_neg.mean(0)  # T2 = arithmetic mean of the members
+    lines = [
+        f"{p!r}\t{n!r}\t{r.qid}\t{r.pos_pid}\t{r.neg_pid}\n"
+        for p, n, r in zip(mean_pos.tolist(), mean_neg.tolist(), rows)
+    ]
+    columns = {
+        "qid": [r.qid for r in rows], "pos_pid": [r.pos_pid for r in rows], "neg_pid": [r.neg_pid for r in rows],
+        "pos_score": mean_pos, "neg_score": mean_neg,
+    }
+    for n in names:
+        columns[f"{n}_pos"], columns[f"{n}_neg"] = scored[f"{n}_pos"], scored[f"{n}_neg"]
+    tmp = parquet.with_suffix(".parquet.tmp")
+    pq.write_table(pa.table(columns), tmp)
+    os.replace(tmp, parquet)
+    _write_atomic_tsv(tsv, lines)  # the .tsv marks the shard done: written last
+
+
+def _assemble(out: Path, n_shards: int) -> None:
+    tmp = out / (SCORES_FILE + ".tmp")
+    with open(tmp, "wb") as f:
+        for i in range(n_shards):
+            f.write(_shard_paths(out, i)[0].read_bytes())
+    os.replace(tmp, out / SCORES_FILE)
+    tables = [pq.read_table(_shard_paths(out, i)[1]) for i in range(n_shards)]
+    pq.write_table(pa.concat_tables(tables), out / MEMBERS_FILE)
+
+
+def score_teachers(cfg: ScoreTeachersConfig) -> dict:
+    """Run the scoring job; returns the summary (also written to output_dir/summary.json and MLflow)."""
+    from kd.runtime.cluster import ensure_ray
+    from kd.runtime.tracking import log_params, mlflow_run
+
+    out = Path(cfg.output_dir)
+    queries = load_queries(cfg.text.queries, strict=cfg.strict)
+    passages = load_passages(cfg.text.passages, strict=cfg.strict, use_title=cfg.text.use_title,
+                             show_progress=cfg.show_progress)
+
+    def joined(stats: JoinStats) -> Iterator[JoinedTriple]:
+        return join_triples(cfg.input, queries, passages, strict=cfg.strict, stats=stats, use_title=cfg.text.use_title)
+
+    # validation pass before any Ray work: every bad line / unknown id fails (strict) or is counted (lenient) now
+    check = JoinStats()
+    total = sum(1 for _ in joined(check))
+    if total == 0:
+        raise ValueError(f"{cfg.input}: no triple could be joined with text ({check.summary()})")
+    _check_manifest(out, _fingerprint(cfg))
+    n_shards = -(-total // cfg.shard_size)
+    names = [t.name for t in cfg.teachers]
+    ensure_ray()
+
+    run_id = hashlib.sha1(json.dumps(_fingerprint(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    with mlflow_run(cfg.mlflow, f"score-teachers-{run_id}", tags={"kd.job": "score_teachers"}) as run:
+        if run is not None:
+            log_params(to_flat_dict(cfg))
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="teacher scoring", unit="triple", disable=not cfg.show_progress)
+        scored_now, reused, seconds = 0, 0, 0.0
+        stats = JoinStats()
+        for i, rows in enumerate(_chunks(joined(stats), cfg.shard_size)):
+            if _shard_paths(out, i)[0].exists():
+                reused += len(rows)
+            else:
+                start = time.perf_counter()
+                scored = _score_shard(rows, i * cfg.shard_size, cfg)
+                _write_shard(out, i, rows, scored, names)
+                seconds += time.perf_counter() - start
+                scored_now += len(rows)
+            bar.update(len(rows))
+        bar.close()
+        _assemble(out, n_shards)
+        summary = {
+            "triples": total, "input_lines": stats.rows, "skipped": stats.skipped,
+            "missing_query": stats.missing_query, "missing_passage": stats.missing_passage,
+            "bad_lines": stats.read.n_skipped,
+            "scored_now": scored_now, "reused_from_shards": reused, "shards": n_shards,
+            "pairs_per_second": (2 * scored_now / seconds) if seconds else None,
+            "seconds": seconds, "teachers": [t.model_dump() for t in cfg.teachers],
+            "output": str(out / SCORES_FILE), "members": str(out / MEMBERS_FILE),
+        }
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        if run is not None:
+            import mlflow
+
+            mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
+            for t in cfg.teachers:
+                mlflow.set_tag(f"kd.teacher.{t.name}", f"{t.kind}:{t.path}")
+            mlflow.log_artifact(str(out / SUMMARY_FILE))
+            summary["mlflow_run_id"] = run.info.run_id
+    logger.info("teacher scoring: %s", json.dumps({k: v for k, v in summary.items() if k != "teachers"}))
+    return summary

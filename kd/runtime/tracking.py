@@ -1,0 +1,43 @@
+"""MLflow tracking helpers (runs, params, teacher identities)."""
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+
+from kd.config import MLflowConfig
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """MLflow params are strings ≤ 6000 chars; None becomes "None"; batches of 100."""
+    items = [(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i : i + 100]))
+
+
+@contextlib.contextmanager
+def mlflow_run(cfg: MLflowConfig, run_name: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """A run in cfg.experiment (or nothing when tracking is disabled)."""
+    if not cfg.enabled:
+        yield None
+        return
+    if cfg.tracking_uri:
+        mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_experiment(cfg.experiment)
+    all_tags = {"kd.git_commit": git_commit() or "unknown", **(tags or {})}
+    with mlflow.start_run(run_name=cfg.run_name or run_name, tags=all_tags) as run:
+        yield run
