@@ -7,7 +7,7 @@ job's working_dir under `ray job submit`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Literal, Sequence, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -119,7 +119,7 @@ def _flatten(out: dict, key: str, value: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- shared sections
-from typing import Literal  # noqa: E402
+
 
 from pydantic import Field, field_validator, model_validator  # noqa: E402
 
@@ -194,4 +194,211 @@ class ScoreTeachersConfig(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"teachers: names must be unique, repeated: {dupes}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------- distillation
+MODES = ("score_file", "in_loop", "embedding", "supervised")
+# which losses each mode can train with (kinds come from the loss registry)
+MODE_LOSS_KINDS = {
+    "score_file": ("pairwise", "pointwise", "listwise"),
+    "in_loop": ("logits", "tinybert"),
+    "embedding": ("embedding",),
+    "supervised": ("pairwise",),
+}
+
+
+class InitConfig(Strict):
+    """How the student starts. `backbone`: student.backbone's pretrained weights (optionally truncated to
+    `num_layers`); `teacher_layers`: a copy of the teacher with a subset of its layers (scheme + num_layers, or an
+    explicit index list); `other_model`: another encoder (student.backbone) + projection to the teacher's width."""
+
+    strategy: Literal["backbone", "teacher_layers", "other_model"] = "backbone"
+    layers: str | list[int] | None = None  # top-bottom | uniform | bottom | top | middle | [i, j, ...]
+    num_layers: int | None = Field(None, ge=1)
+
+
+class StudentConfig(Strict):
+    architecture: str
+    backbone: str = "sentence-transformers/all-MiniLM-L6-v2"
+    options: dict[str, Any] = {}
+    init: InitConfig = InitConfig()
+
+
+class LossConfig(Strict):
+    name: str
+    options: dict[str, Any] = {}
+
+
+class TeacherConfig(Strict):
+    """score_file: `scores` (published teacher-file format); in_loop / embedding: `model` (a kd folder or HF model)."""
+
+    scores: str | None = None
+    model: str | None = None
+    kind: Literal["cross", "bi"] = "cross"
+
+
+class TrainDataConfig(Strict):
+    """Training text. score_file reads ids from teacher.scores; supervised / in_loop read id triples (`triples`);
+    embedding reads query files (`query_files`: queries.jsonl or id<TAB>text TSV, all their queries)."""
+
+    queries: str | None = None
+    passages: str | None = None
+    triples: str | None = None
+    query_files: list[str] = []
+    exclude_query_ids_from: str | None = None  # e.g. a test qrels file: those queries are never trained on
+    use_title: bool = True
+    max_examples: int | None = Field(None, ge=1)
+    strict: bool = True
+
+
+class ValidationConfig(Strict):
+    """Re-rank the top_k of a dev run every `every_steps` optimizer steps; metric from kd.metrics."""
+
+    run: str | None = None
+    qrels: str | None = None
+    queries: str | None = None
+    passages: str | None = None
+    top_k: int = Field(100, ge=1)
+    max_queries: int | None = Field(None, ge=1)
+    every_steps: int = Field(500, ge=1)
+    metric: str = "ndcg@10"
+    relevance_level: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class FaultInjection(Strict):
+    """Testing aid: worker `rank` exits hard at optimizer step `at_step`, once per run (marker file)."""
+
+    at_step: int = Field(ge=1)
+    rank: int = Field(0, ge=0)
+
+
+class TrainingConfig(Strict):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; caps epochs")
+    lr: float = Field(7e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    gradient_clipping: float = Field(1.0, ge=0)
+    zero_stage: Literal[0, 1, 2] = 2
+    bf16: bool = True  # only on GPU; CPU always trains in fp32
+    seed: int = 42
+    checkpoint_every: int = Field(100, ge=1)
+    num_to_keep: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=0)
+    log_every: int = Field(10, ge=1)
+    fault_injection: FaultInjection | None = None
+
+
+class RegistryConfig(Strict):
+    """Register the best student as `name` and point `alias` at the new version (`models:/name@alias`)."""
+
+    name: str | None = None  # None: log the model but do not register it
+    alias: str = "current"
+    dataset_tag: str | None = None
+
+    @field_validator("alias")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        import re
+
+        if v.lower() == "latest" or re.fullmatch(r"v\d+", v.lower()):
+            raise ValueError(f"alias {v!r} is reserved by MLflow ('models:/name/latest' already means the newest "
+                             "version); pick another, e.g. 'current' or 'champion'")
+        return v
+
+
+class RunSection(Strict):
+    name: str  # deterministic: rerunning with the same name resumes
+    storage_path: str = "./outputs/runs"
+
+
+class DistillConfig(Strict):
+    mode: Literal["score_file", "in_loop", "embedding", "supervised"]
+    student: StudentConfig
+    loss: LossConfig
+    teacher: TeacherConfig = TeacherConfig()
+    data: TrainDataConfig = TrainDataConfig()
+    validation: ValidationConfig = ValidationConfig()
+    training: TrainingConfig = TrainingConfig()
+    registry: RegistryConfig = RegistryConfig()
+    mlflow: MLflowConfig = MLflowConfig(experiment="kd-distill")
+    run: RunSection
+
+    @model_validator(mode="after")
+    def _check(self):
+        from kd.losses import LOSSES
+        from kd.models import MODELS
+
+        errors: list[tuple[str, str]] = []
+        if self.student.architecture not in MODELS:
+            errors.append(("student.architecture",
+                           f"unknown architecture {self.student.architecture!r}; known: {sorted(MODELS)}"))
+        loss_cls = LOSSES.get(self.loss.name)
+        if loss_cls is None:
+            errors.append(("loss.name", f"unknown loss {self.loss.name!r}; known: {sorted(LOSSES)}"))
+        elif loss_cls.kind not in MODE_LOSS_KINDS[self.mode]:
+            ok = sorted(n for n, c in LOSSES.items() if c.kind in MODE_LOSS_KINDS[self.mode])
+            errors.append(("loss.name", f"loss {self.loss.name!r} does not fit mode {self.mode!r}; use one of {ok}"))
+        needs_file = {
+            "score_file": [("teacher.scores", self.teacher.scores), ("data.queries", self.data.queries),
+                           ("data.passages", self.data.passages)],
+            "supervised": [("data.triples", self.data.triples), ("data.queries", self.data.queries),
+                           ("data.passages", self.data.passages)],
+            "in_loop": [("data.triples", self.data.triples), ("data.queries", self.data.queries),
+                        ("data.passages", self.data.passages)],
+            "embedding": [],
+        }[self.mode]
+        for field_name, value in needs_file:
+            if value is None:
+                errors.append((field_name, f"required in mode {self.mode!r}"))
+            elif not Path(value).expanduser().is_file():
+                errors.append((field_name, f"file not found: {value}"))
+        if self.mode == "embedding":
+            if not self.data.query_files:
+                errors.append(("data.query_files", "embedding mode needs at least one query file"))
+            for i, f in enumerate(self.data.query_files):
+                if not Path(f).expanduser().is_file():
+                    errors.append((f"data.query_files.{i}", f"file not found: {f}"))
+            if self.student.architecture != "bert_dot":
+                errors.append(("student.architecture", "embedding mode trains a bert_dot query encoder"))
+        if self.mode in ("in_loop", "embedding") and not self.teacher.model:
+            errors.append(("teacher.model", f"mode {self.mode!r} runs a teacher model inside the step"))
+        if self.mode == "in_loop" and self.student.architecture != "tinybert_cat":
+            errors.append(("student.architecture", "in_loop KD trains a tinybert_cat student (2-class logits)"))
+        for field_name in ("teacher.model",):
+            value = self.teacher.model
+            if value and value.startswith((".", "/", "~")) and not Path(value).expanduser().exists():
+                errors.append((field_name, f"teacher folder not found: {value}"))
+        if self.data.exclude_query_ids_from and not Path(self.data.exclude_query_ids_from).is_file():
+            errors.append(("data.exclude_query_ids_from", f"file not found: {self.data.exclude_query_ids_from}"))
+        init = self.student.init
+        if init.strategy == "teacher_layers":
+            if not self.teacher.model:
+                errors.append(("student.init.strategy", "teacher_layers init needs teacher.model"))
+            if init.layers is None:
+                errors.append(("student.init.layers", "give a scheme (top-bottom, uniform, ...) or an index list"))
+            elif isinstance(init.layers, str) and init.num_layers is None:
+                errors.append(("student.init.num_layers", f"scheme {init.layers!r} needs num_layers"))
+        if isinstance(init.layers, str):
+            from kd.init import SCHEMES
+
+            if init.layers not in SCHEMES:
+                errors.append(("student.init.layers", f"unknown scheme {init.layers!r}; known: {list(SCHEMES)}"))
+        v = self.validation
+        given = [v.run, v.qrels, v.queries, v.passages]
+        if any(given) and not all(given):
+            errors.append(("validation", "give all of run, qrels, queries, passages (or none)"))
+        for name in ("run", "qrels", "queries", "passages"):
+            value = getattr(v, name)
+            if value and not Path(value).expanduser().is_file():
+                errors.append((f"validation.{name}", f"file not found: {value}"))
+        if errors:
+            raise ValueError("; ".join(f"field {f}: {m}" for f, m in errors))
         return self

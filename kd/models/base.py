@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 from safetensors.torch import load_model as st_load_model
-from safetensors.torch import save_model as st_save_model
+from safetensors.torch import save_file as st_save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -87,7 +87,9 @@ class Ranker(nn.Module):
             "backbone_config": bb.encoder_config_dict(self.encoder) if self.encoder is not None else None,
         }
         (folder / CONFIG_NAME).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
-        st_save_model(self, str(folder / WEIGHTS_NAME))
+        # plain contiguous CPU copies: parameters may be views into an optimizer's flat buffer (DeepSpeed ZeRO)
+        state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
+        st_save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
         self.tokenizer.save_pretrained(folder)
         return folder
 

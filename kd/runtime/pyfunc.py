@@ -1,0 +1,54 @@
+"""Registered models as MLflow pyfunc: `mlflow models serve -m models:/name@alias` scores (query, passage) rows."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+ARTIFACT_KEY = "kd_model"
+
+
+class KDRanker(mlflow.pyfunc.PythonModel):
+    """Input: a frame with `query` and `passage` columns; output: one float score per row."""
+
+    def load_context(self, context):
+        from kd.models import Ranker
+
+        self.model = Ranker.from_pretrained(context.artifacts[ARTIFACT_KEY])
+
+    def predict(self, context, model_input, params=None):
+        missing = {"query", "passage"} - set(model_input.columns)
+        if missing:
+            raise ValueError(f"input needs columns 'query' and 'passage'; missing {sorted(missing)}")
+        batch_size = int((params or {}).get("batch_size", 64))
+        scores = self.model.predict(
+            [str(q) for q in model_input["query"]], [str(p) for p in model_input["passage"]], batch_size=batch_size
+        )
+        return np.asarray(scores, dtype=np.float32)
+
+
+def log_ranker(folder: str | Path, registered_name: str | None = None, artifact_name: str = "model"):
+    """Log a saved kd model folder as a pyfunc (kd's code included) and optionally register it."""
+    import kd
+
+    return mlflow.pyfunc.log_model(
+        name=artifact_name,
+        python_model=KDRanker(),
+        artifacts={ARTIFACT_KEY: str(folder)},
+        code_paths=[str(Path(kd.__file__).parent)],
+        pip_requirements=_requirements(),
+        registered_model_name=registered_name,
+    )
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    reqs = []
+    for pkg in ("torch", "transformers", "safetensors", "numpy", "pandas", "pyyaml", "pydantic", "tqdm"):
+        try:
+            reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")
+        except Exception:  # noqa: BLE001 - a missing optional package is simply not pinned
+            reqs.append(pkg)
+    return reqs

@@ -1,0 +1,301 @@
+"""Distillation building blocks, free of Ray/DeepSpeed/MLflow: examples, students, losses, one step, validation.
+
+The runtime (kd/runtime/distill.py) wraps these in Ray Train workers and a DeepSpeed engine. Everything here is
+deterministic given the config's seed, which is what makes resumption after a worker failure exact.
+
+Modes (DistillConfig.mode):
+    score_file   Margin-MSE / MSE / listwise KL against a teacher-score file        examples: (q, p⁺, p⁻, t⁺, t⁻)
+    supervised   RankNet on labelled triples, no teacher (teachers, no-KD baselines)  examples: (q, p⁺, p⁻)
+    in_loop      standard KD / Simplified TinyBERT, teacher run on the same batch     examples: (q, p⁺, p⁻) → 2 pairs
+    embedding    query-encoder alignment to a bi-encoder teacher's query embeddings  examples: (q)
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from kd.config import DistillConfig
+from kd.data import load_passages, load_queries, read_qrels, read_trec_run
+from kd.data.join import JoinStats, join_teacher_scores, join_triples
+from kd.init import layer_subset_student, other_model_student, truncate_layers
+from kd.losses import get_loss
+from kd.metrics import evaluate
+from kd.models import BertDot, Ranker, TinyBertCat, get_model_class
+from kd.models import backbone as bb
+from kd.teachers import load_bi_encoder_teacher, load_cross_encoder_teacher
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------- examples
+@dataclass
+class Examples:
+    """Columns of training examples (all lists of equal length; absent columns are None)."""
+
+    query: list[str]
+    pos: list[str] | None = None
+    neg: list[str] | None = None
+    t_pos: np.ndarray | None = None
+    t_neg: np.ndarray | None = None
+    stats: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+    def batch(self, idx: Sequence[int]) -> dict:
+        out = {"query": [self.query[i] for i in idx]}
+        for name in ("pos", "neg"):
+            col = getattr(self, name)
+            if col is not None:
+                out[name] = [col[i] for i in idx]
+        for name in ("t_pos", "t_neg"):
+            col = getattr(self, name)
+            if col is not None:
+                out[name] = torch.tensor(col[list(idx)], dtype=torch.float32)
+        return out
+
+
+def _excluded_queries(cfg: DistillConfig) -> set[str]:
+    path = cfg.data.exclude_query_ids_from
+    return set(read_qrels(path)) if path else set()
+
+
+def load_examples(cfg: DistillConfig) -> Examples:
+    d = cfg.data
+    excluded = _excluded_queries(cfg)
+    if cfg.mode == "embedding":
+        queries: list[str] = []
+        seen: set[str] = set()
+        for path in d.query_files:
+            for qid, text in load_queries(path, strict=d.strict).items():
+                if qid in excluded or text in seen:
+                    continue
+                seen.add(text)
+                queries.append(text)
+        ex = Examples(query=queries, stats={"query_files": list(d.query_files), "excluded": len(excluded)})
+    else:
+        queries_map = load_queries(d.queries, strict=d.strict)
+        passages = load_passages(d.passages, strict=d.strict, use_title=d.use_title, show_progress=False)
+        stats = JoinStats()
+        if cfg.mode == "score_file":
+            rows = join_teacher_scores(cfg.teacher.scores, queries_map, passages, strict=d.strict, stats=stats,
+                                       use_title=d.use_title)
+        else:
+            rows = join_triples(d.triples, queries_map, passages, strict=d.strict, stats=stats, use_title=d.use_title)
+        q, p, n, tp, tn = [], [], [], [], []
+        dropped_excluded = 0
+        for r in rows:
+            if r.qid in excluded:
+                dropped_excluded += 1
+                continue
+            q.append(r.query), p.append(r.pos), n.append(r.neg)
+            tp.append(r.pos_score), tn.append(r.neg_score)
+        with_scores = cfg.mode == "score_file"
+        ex = Examples(
+            q, p, n, np.asarray(tp, dtype=np.float64) if with_scores else None,
+            np.asarray(tn, dtype=np.float64) if with_scores else None,
+            stats={"rows": stats.rows, "joined": stats.joined, "skipped": stats.skipped,
+                   "missing_query": stats.missing_query, "missing_passage": stats.missing_passage,
+                   "excluded_queries": dropped_excluded},
+        )
+    if d.max_examples is not None and len(ex) > d.max_examples:
+        ex = _take(ex, d.max_examples)
+    if len(ex) == 0:
+        raise ValueError(f"no training examples (mode {cfg.mode}): {ex.stats}")
+    ex.stats["examples"] = len(ex)
+    return ex
+
+
+def _take(ex: Examples, n: int) -> Examples:
+    cut = lambda col: None if col is None else col[:n]  # noqa: E731
+    return Examples(ex.query[:n], cut(ex.pos), cut(ex.neg), cut(ex.t_pos), cut(ex.t_neg),
+                    stats={**ex.stats, "truncated_to": n})
+
+
+def rank_batches(n: int, epoch: int, seed: int, rank: int, world: int, micro_batch: int) -> list[list[int]]:
+    """This rank's micro-batches for one epoch: a seeded permutation, strided across ranks, equal count per rank."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    per_rank = (n // world) // micro_batch * micro_batch
+    mine = perm[rank::world][:per_rank]
+    return [mine[i : i + micro_batch].tolist() for i in range(0, per_rank, micro_batch)]
+
+
+# ------------------------------------------------------------------------------------------- models and losses
+def load_teacher_model(cfg: DistillConfig) -> Ranker | None:
+    if cfg.mode not in ("in_loop", "embedding") and cfg.student.init.strategy != "teacher_layers":
+        return None
+    if cfg.teacher.kind == "bi" or cfg.mode == "embedding":
+        return load_bi_encoder_teacher(cfg.teacher.model)
+    return load_cross_encoder_teacher(cfg.teacher.model)
+
+
+def build_student(cfg: DistillConfig, teacher: Ranker | None) -> Ranker:
+    s, init = cfg.student, cfg.student.init
+    if init.strategy == "teacher_layers":
+        if teacher is None:
+            raise ValueError("student.init.strategy=teacher_layers needs teacher.model")
+        if teacher.architecture != s.architecture:
+            raise ValueError(f"teacher_layers init copies the teacher: teacher is {teacher.architecture!r}, "
+                             f"student.architecture is {s.architecture!r}")
+        return layer_subset_student(teacher, init.layers, init.num_layers)
+    if init.strategy == "other_model":
+        if teacher is None or not isinstance(teacher, BertDot):
+            raise ValueError("other_model init needs a bi-encoder teacher (its width sets the projection)")
+        return other_model_student(s.backbone, teacher.embedding_dim, **s.options)
+    student = get_model_class(s.architecture).from_backbone(s.backbone, **s.options)
+    if init.num_layers is not None:
+        student = truncate_layers(student, init.num_layers) if init.layers is None else \
+            layer_subset_student(student, init.layers, init.num_layers)
+    elif init.layers is not None:
+        student = layer_subset_student(student, init.layers)
+    return student
+
+
+def build_loss(cfg: DistillConfig, student: Ranker, teacher: Ranker | None) -> nn.Module:
+    options = dict(cfg.loss.options)
+    if cfg.loss.name == "simplified_tinybert":
+        options.setdefault("student_layers", bb.num_layers(student.encoder))
+        options.setdefault("teacher_layers", bb.num_layers(teacher.encoder))
+        options.setdefault("student_hidden", bb.hidden_size(student.encoder))
+        options.setdefault("teacher_hidden", bb.hidden_size(teacher.encoder))
+    return get_loss(cfg.loss.name, **options)
+
+
+class DistillStep(nn.Module):
+    """Student + loss as one module (so the optimizer also trains loss parameters such as TinyBERT's W_h).
+
+    `forward(batch)` returns the scalar loss for one micro-batch; the frozen teacher is held outside the module
+    tree (not trained, not checkpointed).
+    """
+
+    def __init__(self, mode: str, student: Ranker, loss: nn.Module, teacher: Ranker | None = None):
+        super().__init__()
+        self.mode, self.student, self.loss = mode, student, loss
+        self._teacher = [teacher]  # a list keeps it out of .parameters() / state_dict()
+        if mode == "in_loop" and teacher is not None and teacher.tokenizer.get_vocab() != student.tokenizer.get_vocab():
+            raise ValueError("in-loop KD runs teacher and student on the same tokens: their vocabularies differ")
+
+    @property
+    def teacher(self) -> Ranker | None:
+        return self._teacher[0]
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        q = batch["query"]
+        device = next(self.student.parameters()).device
+        if self.mode == "embedding":
+            with torch.no_grad():
+                target = self.teacher.encode_queries(q).float()
+            return self.loss(self.student.encode_queries(q).float(), target)
+        if self.mode == "in_loop":
+            inputs = self.student.tokenize(q + q, batch["pos"] + batch["neg"])
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            labels = torch.cat([torch.ones(len(q)), torch.zeros(len(q))]).long().to(device)
+            with torch.no_grad():
+                t = self.teacher.forward_kd(**inputs)
+            s = self.student.forward_kd(**inputs)
+            if self.loss.kind == "logits":
+                return self.loss(s.logits.float(), t.logits.float(), labels)
+            return self.loss(s.logits.float(), t.logits.float(), labels, [a.float() for a in s.attentions],
+                             [a.float() for a in t.attentions], [h.float() for h in s.hidden_states],
+                             [h.float() for h in t.hidden_states], inputs["attention_mask"])
+        scores = self.student.score(q + q, batch["pos"] + batch["neg"]).float()
+        s_pos, s_neg = scores[: len(q)], scores[len(q) :]
+        if self.mode == "supervised":
+            return self.loss(s_pos, s_neg)
+        t_pos, t_neg = batch["t_pos"].to(device), batch["t_neg"].to(device)
+        kind = self.loss.kind
+        if kind == "pairwise":
+            return self.loss(s_pos, s_neg, t_pos, t_neg)
+        if kind == "pointwise":
+            return self.loss(torch.cat([s_pos, s_neg]), torch.cat([t_pos, t_neg]))
+        return self.loss(torch.stack([s_pos, s_neg], 1), torch.stack([t_pos, t_neg], 1))  # listwise over (p⁺, p⁻)
+
+
+# --------------------------------------------------------------------------------------------------- validation
+def metric_key(name: str) -> str:
+    """`ndcg@10` → `ndcg_at_10`: MLflow metric names may not contain '@'."""
+    return name.replace("@", "_at_")
+
+
+class Validator:
+    """Re-rank the top_k candidates of a dev run for this rank's share of the dev queries.
+
+    Queries: those of the run that have qrels, sorted, capped at max_queries; rank r takes every world-th one.
+    The runtime gathers every rank's partial run and computes the metric over all of them.
+    """
+
+    def __init__(self, cfg: DistillConfig, rank: int = 0, world: int = 1):
+        v = cfg.validation
+        self.cfg = v
+        qrels = read_qrels(v.qrels)
+        run = read_trec_run(v.run)
+        queries = load_queries(v.queries)
+        qids = sorted(q for q in run if q in qrels and q in queries)
+        if not qids:
+            raise ValueError(f"validation: no query of {v.run} has qrels in {v.qrels} and text in {v.queries}")
+        if v.max_queries:
+            qids = qids[: v.max_queries]
+        self.all_qids = qids
+        self.qrels = {q: qrels[q] for q in qids}
+        mine = qids[rank::world]
+        passages = load_passages(v.passages, use_title=cfg.data.use_title, show_progress=False)
+        self.pairs: list[tuple[str, str, str, str]] = []  # (qid, docid, query, passage)
+        missing = 0
+        for qid in mine:
+            top = sorted(run[qid].items(), key=lambda kv: (-kv[1], kv[0]))[: v.top_k]
+            for docid, _ in top:
+                if docid not in passages:
+                    missing += 1
+                    continue
+                self.pairs.append((qid, docid, queries[qid], passages[docid]))
+        if missing:
+            logger.warning("validation: %d candidate passages of %s have no text in %s (skipped)", missing, v.run,
+                           v.passages)
+        self.missing = missing
+
+    def partial_run(self, score: Callable[[list[str], list[str]], torch.Tensor]) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        if not self.pairs:
+            return out
+        scores = score([p[2] for p in self.pairs], [p[3] for p in self.pairs]).tolist()
+        for (qid, docid, _, _), s in zip(self.pairs, scores):
+            out.setdefault(qid, {})[docid] = float(s)
+        return out
+
+    def metrics(self, run: dict[str, dict[str, float]]) -> dict[str, float]:
+        names = [self.cfg.metric, "ndcg@10", "mrr@10"]
+        res = evaluate(run, self.qrels, metrics=tuple(dict.fromkeys(names)), relevance_level=self.cfg.relevance_level)
+        return {metric_key(k): float(v) for k, v in res.items()}
+
+
+def validation_scorer(step: DistillStep, batch_size: int) -> Callable[[list[str], list[str]], torch.Tensor]:
+    """How a student ranks candidates during validation (embedding mode: student queries × teacher documents)."""
+    student = step.student
+    if step.mode != "embedding":
+        return lambda q, p: student.predict(q, p, batch_size=batch_size)
+    teacher = step.teacher
+    cache: dict[str, torch.Tensor] = {}
+
+    @torch.inference_mode()
+    def score(queries: list[str], passages: list[str]) -> torch.Tensor:
+        todo = [p for p in dict.fromkeys(passages) if p not in cache]
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i : i + batch_size]
+            for text, emb in zip(chunk, teacher.encode_docs(chunk).float().cpu()):
+                cache[text] = emb
+        was = student.training
+        student.eval()
+        try:
+            uq = list(dict.fromkeys(queries))
+            qemb = {t: e for i in range(0, len(uq), batch_size)
+                    for t, e in zip(uq[i : i + batch_size], student.encode_queries(uq[i : i + batch_size]).float().cpu())}
+        finally:
+            student.train(was)
+        return torch.stack([(qemb[q] * cache[p]).sum() for q, p in zip(queries, passages)])
+
+    return score
