@@ -69,8 +69,11 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid config"]
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  field {field}: {e['msg']}")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["loc"]:
+            lines.append(f"  field {'.'.join(str(p) for p in e['loc'])}: {msg}")
+        else:  # cross-field checks already name their fields, one per line
+            lines.extend(f"  {line}" for line in msg.splitlines())
     return "\n".join(lines)
 
 
@@ -131,6 +134,9 @@ class MLflowConfig(Strict):
     tracking_uri: str | None = None
     experiment: str = "kd"
     run_name: str | None = None
+    # where a *new* experiment stores artifacts; None: the server's default, or <db folder>/mlartifacts for a
+    # sqlite:/// URI (MLflow's own default there is ./mlruns relative to whichever process creates the experiment)
+    artifact_location: str | None = None
 
 
 class TeacherSpec(Strict):
@@ -193,7 +199,7 @@ class ScoreTeachersConfig(Strict):
         names = [t.name for t in self.teachers]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"teachers: names must be unique, repeated: {dupes}")
+            raise ValueError(f"field teachers: names must be unique, repeated: {dupes}")
         return self
 
 
@@ -333,18 +339,21 @@ class DistillConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        from kd.losses import LOSSES
-        from kd.models import MODELS
+        from kd.catalog import ARCHITECTURES, LAYER_SCHEMES, LOSS_KINDS, saved_num_layers
 
         errors: list[tuple[str, str]] = []
-        if self.student.architecture not in MODELS:
+        if self.student.architecture not in ARCHITECTURES:
             errors.append(("student.architecture",
-                           f"unknown architecture {self.student.architecture!r}; known: {sorted(MODELS)}"))
-        loss_cls = LOSSES.get(self.loss.name)
-        if loss_cls is None:
-            errors.append(("loss.name", f"unknown loss {self.loss.name!r}; known: {sorted(LOSSES)}"))
-        elif loss_cls.kind not in MODE_LOSS_KINDS[self.mode]:
-            ok = sorted(n for n, c in LOSSES.items() if c.kind in MODE_LOSS_KINDS[self.mode])
+                           f"unknown architecture {self.student.architecture!r}; known: {sorted(ARCHITECTURES)}"))
+
+        def fits(name: str) -> bool:
+            kind, needs_teacher = LOSS_KINDS[name]
+            return kind in MODE_LOSS_KINDS[self.mode] and needs_teacher == (self.mode != "supervised")
+
+        if self.loss.name not in LOSS_KINDS:
+            errors.append(("loss.name", f"unknown loss {self.loss.name!r}; known: {sorted(LOSS_KINDS)}"))
+        elif not fits(self.loss.name):
+            ok = sorted(n for n in LOSS_KINDS if fits(n))
             errors.append(("loss.name", f"loss {self.loss.name!r} does not fit mode {self.mode!r}; use one of {ok}"))
         needs_file = {
             "score_file": [("teacher.scores", self.teacher.scores), ("data.queries", self.data.queries),
@@ -386,11 +395,19 @@ class DistillConfig(Strict):
                 errors.append(("student.init.layers", "give a scheme (top-bottom, uniform, ...) or an index list"))
             elif isinstance(init.layers, str) and init.num_layers is None:
                 errors.append(("student.init.num_layers", f"scheme {init.layers!r} needs num_layers"))
-        if isinstance(init.layers, str):
-            from kd.init import SCHEMES
-
-            if init.layers not in SCHEMES:
-                errors.append(("student.init.layers", f"unknown scheme {init.layers!r}; known: {list(SCHEMES)}"))
+        if isinstance(init.layers, str) and init.layers not in LAYER_SCHEMES:
+            errors.append(("student.init.layers", f"unknown scheme {init.layers!r}; known: {list(LAYER_SCHEMES)}"))
+        layer_source = self.teacher.model if init.strategy == "teacher_layers" else self.student.backbone
+        if layer_source and (isinstance(init.layers, list) or init.num_layers):
+            total = saved_num_layers(layer_source)
+            if total is not None:
+                if isinstance(init.layers, list):
+                    bad = [i for i in init.layers if not 0 <= i < total]
+                    if bad:
+                        errors.append(("student.init.layers",
+                                       f"layer indices {bad} out of range for {layer_source} ({total} layers: 0..{total - 1})"))
+                if init.num_layers and init.num_layers > total:
+                    errors.append(("student.init.num_layers", f"{init.num_layers} > the {total} layers of {layer_source}"))
         v = self.validation
         given = [v.run, v.qrels, v.queries, v.passages]
         if any(given) and not all(given):
@@ -400,5 +417,35 @@ class DistillConfig(Strict):
             if value and not Path(value).expanduser().is_file():
                 errors.append((f"validation.{name}", f"file not found: {value}"))
         if errors:
-            raise ValueError("; ".join(f"field {f}: {m}" for f, m in errors))
+            raise ValueError("\n".join(f"field {f}: {m}" for f, m in errors))
+        return self
+
+
+class MineTriplesConfig(Strict):
+    """jobs/mine_triples.py: (BM25 first stage when no run is given) → training triples from qrels."""
+
+    beir: str = Field(description="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    split: str = "train"
+    run: str | None = Field(None, description="first-stage TREC run; BM25 (bm25s) over the corpus when absent")
+    bm25_run_out: str | None = Field(None, description="where to write the BM25 run (TREC format)")
+    output: str
+    n_negatives: int = Field(1, ge=1)
+    top_k: int = Field(100, ge=1)
+    threshold: int = Field(1, ge=0, description="positives: qrels grade >= threshold")
+    seed: int = 0
+
+    @field_validator("beir")
+    @classmethod
+    def _beir_folder(cls, v: str) -> str:
+        if not (Path(v) / "corpus.jsonl").is_file():
+            raise ValueError(f"not a BEIR folder (no corpus.jsonl): {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _files(self):
+        qrels = Path(self.beir) / "qrels" / f"{self.split}.tsv"
+        if not qrels.is_file():
+            raise ValueError(f"field split: no qrels file {qrels}")
+        if self.run and not Path(self.run).is_file():
+            raise ValueError(f"field run: file not found: {self.run}")
         return self

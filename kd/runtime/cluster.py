@@ -15,7 +15,17 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {"address": address} if address else {"num_cpus": num_cpus}
-    # workers never reach a model hub unless the user's environment says so
+    # hand the driver's offline and tracking settings on to the workers
     env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MLFLOW_TRACKING_URI") if k in os.environ}
-    ray.init(**kwargs, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+    try:
+        ray.init(**kwargs, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+    except ConnectionError as e:
+        if address and address != "auto" and "RAY_AUTH_MODE" not in os.environ:
+            raise ConnectionError(
+                f"{e}. Clusters started with `ray start` use token authentication when ~/.ray/auth_token exists; "
+                "Ray 2.60 clients connecting to an explicit address must then set RAY_AUTH_MODE=token "
+                "(or use RAY_ADDRESS=auto on the head node, or `ray job submit`)."
+            ) from e
+        raise
     logger.info("Ray: %s", ray.cluster_resources())
+

@@ -64,11 +64,9 @@ def deepspeed_config(cfg: DistillConfig, total_steps: int) -> dict:
 def _mlflow_start(cfg: DistillConfig):
     import mlflow
 
-    from kd.runtime.tracking import git_commit, log_params
+    from kd.runtime.tracking import git_commit, log_params, use_experiment
 
-    if cfg.mlflow.tracking_uri:
-        mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    mlflow.set_experiment(cfg.mlflow.experiment)
+    use_experiment(cfg.mlflow)
     name = cfg.mlflow.run_name or cfg.run.name
     found = mlflow.search_runs(filter_string=f"tags.`kd.run_name` = '{cfg.run.name}'", output_format="list")
     if found:  # a restarted worker group (or a rerun with the same name) continues the same MLflow run
@@ -155,10 +153,15 @@ def train_loop_per_worker(config: dict) -> None:
                 best_state = load_file(str(Path(d) / "best_student" / "model.safetensors"))
         logger.info("rank %d resumed at step %d (best %s)", rank, step, best)
 
+    storage = Path(cfg.run.storage_path) / cfg.run.name
+    if step >= total_steps and (storage / "final.json").exists():  # a finished run: nothing to train or register
+        logger.info("run %s already finished at step %d", cfg.run.name, step)
+        done = json.loads((storage / "final.json").read_text())
+        ray.train.report({k: v for k, v in done.items() if isinstance(v, (int, float, str))})
+        return
     run = _mlflow_start(cfg) if rank == 0 and cfg.mlflow.enabled else None
     import mlflow
 
-    storage = Path(cfg.run.storage_path) / cfg.run.name
     fault = t.fault_injection
     marker = storage / ".fault_injected"
 

