@@ -283,7 +283,7 @@ class FaultInjection(Strict):
 class TrainingConfig(Strict):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float = Field(1.0, gt=0, description="also the worker's torch thread count on CPU")
     micro_batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     epochs: int = Field(1, ge=1)
@@ -292,7 +292,7 @@ class TrainingConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     gradient_clipping: float = Field(1.0, ge=0)
-    zero_stage: Literal[0, 1, 2] = 2
+    zero_stage: Literal[0, 1, 2, "auto"] = "auto"  # auto: 2 on GPU, 0 on CPU (ZeRO only costs time in host memory)
     bf16: bool = True  # only on GPU; CPU always trains in fp32
     seed: int = 42
     checkpoint_every: int = Field(100, ge=1)

@@ -203,8 +203,8 @@ class DistillStep(nn.Module):
             return self.loss(s.logits.float(), t.logits.float(), labels, [a.float() for a in s.attentions],
                              [a.float() for a in t.attentions], [h.float() for h in s.hidden_states],
                              [h.float() for h in t.hidden_states], inputs["attention_mask"])
-        scores = self.student.score(q + q, batch["pos"] + batch["neg"]).float()
-        s_pos, s_neg = scores[: len(q)], scores[len(q) :]
+        s_pos, s_neg = self.student.score_triples(q, batch["pos"], batch["neg"])
+        s_pos, s_neg = s_pos.float(), s_neg.float()
         if self.mode == "supervised":
             return self.loss(s_pos, s_neg)
         t_pos, t_neg = batch["t_pos"].to(device), batch["t_neg"].to(device)

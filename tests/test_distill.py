@@ -228,7 +228,7 @@ def test_worker_failure_resumes_from_checkpoint_with_the_same_result(data, ray_c
         ("loss.name=ranknet", "loss.name", "does not fit mode 'score_file'"),
         ("loss.name=standard_kd", "loss.name", "does not fit mode 'score_file'"),
         ("registry.alias=latest", "registry.alias", "reserved"),
-        ("training.zero_stage=3", "training.zero_stage", "0, 1 or 2"),
+        ("training.zero_stage=3", "training.zero_stage", "'auto'"),
     ],
 )
 def test_invalid_config_fails_fast_before_ray(data, override, field, message):

@@ -207,3 +207,16 @@ def test_predict_batches_by_length_and_keeps_order(students, sample_rows):
     torch.testing.assert_close(batched, direct, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="aligned"):
         model.predict(queries, passages[:-1])
+
+
+@pytest.mark.parametrize("arch", STUDENTS)
+def test_score_triples_equals_scoring_each_side(students, sample_rows, arch):
+    """Dual encoders encode each query once for a triple; the scores must not change."""
+    model = students[arch].eval()
+    q = [r["query"] for r in sample_rows[0:6:2]]
+    pos = [r["passage"][:300] for r in sample_rows[0:6:2]]
+    neg = [r["passage"][:300] for r in sample_rows[1:7:2]]
+    with torch.no_grad():
+        s_pos, s_neg = model.score_triples(q, pos, neg)
+        torch.testing.assert_close(s_pos, model.score(q, pos), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(s_neg, model.score(q, neg), atol=1e-4, rtol=1e-5)

@@ -110,6 +110,13 @@ class Ranker(nn.Module):
         batch = {k: v.to(self.device) for k, v in self.tokenize(queries, passages).items()}
         return self(**batch)
 
+    def score_triples(
+        self, queries: Sequence[str], positives: Sequence[str], negatives: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s(q, p⁺), s(q, p⁻)) for a batch of triples; dual encoders override this to encode each query once."""
+        scores = self.score(list(queries) + list(queries), list(positives) + list(negatives))
+        return scores[: len(queries)], scores[len(queries) :]
+
     @torch.inference_mode()
     def predict(
         self, queries: Sequence[str], passages: Sequence[str], batch_size: int = 64, show_progress: bool = False

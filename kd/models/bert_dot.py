@@ -80,6 +80,11 @@ class BertDot(Ranker):
     def encode_docs(self, passages: Sequence[str]) -> torch.Tensor:
         return self._encode(passages, self.options["max_passage_length"])
 
+    def score_triples(self, queries, positives, negatives) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.encode_queries(queries)
+        d = self.encode_docs(list(positives) + list(negatives))
+        return (q * d[: len(q)]).sum(-1), (q * d[len(q) :]).sum(-1)
+
     def tokenize(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, torch.Tensor]:
         q = tokenize_texts(self.tokenizer, queries, self.options["max_query_length"])
         d = tokenize_texts(self.tokenizer, passages, self.options["max_passage_length"])

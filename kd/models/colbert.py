@@ -83,6 +83,13 @@ class ColBERT(Ranker):
         batch = {k: v.to(self.device) for k, v in self._tokenize_docs(passages).items()}
         return self._vectors(**batch), batch["attention_mask"]
 
+    def score_triples(self, queries, positives, negatives) -> tuple[torch.Tensor, torch.Tensor]:
+        q, q_mask = self.encode_queries(queries)
+        d, d_mask = self.encode_docs(list(positives) + list(negatives))
+        n = len(queries)
+        return (self.late_interaction(q, q_mask, d[:n], d_mask[:n]),
+                self.late_interaction(q, q_mask, d[n:], d_mask[n:]))
+
     def tokenize(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, torch.Tensor]:
         q, d = self._tokenize_queries(queries), self._tokenize_docs(passages)
         return {**{f"q_{k}": v for k, v in q.items()}, **{f"d_{k}": v for k, v in d.items()}}

@@ -44,6 +44,11 @@ def absolutize(cfg: DistillConfig) -> DistillConfig:
     return DistillConfig.model_validate(data)
 
 
+def zero_stage(cfg: DistillConfig) -> int:
+    stage = cfg.training.zero_stage
+    return (2 if cfg.training.use_gpu else 0) if stage == "auto" else stage
+
+
 def deepspeed_config(cfg: DistillConfig, total_steps: int) -> dict:
     t = cfg.training
     return {
@@ -53,7 +58,7 @@ def deepspeed_config(cfg: DistillConfig, total_steps: int) -> dict:
         "scheduler": {"type": "WarmupDecayLR", "params": {
             "total_num_steps": max(total_steps, 2), "warmup_num_steps": max(int(t.warmup_ratio * total_steps), 1),
             "warmup_min_lr": 0.0, "warmup_max_lr": t.lr, "warmup_type": "linear"}},
-        "zero_optimization": {"stage": t.zero_stage},
+        "zero_optimization": {"stage": zero_stage(cfg)},
         "bf16": {"enabled": bool(t.use_gpu and t.bf16)},
         "gradient_clipping": t.gradient_clipping,
         "steps_per_print": 1 << 30,
@@ -119,6 +124,8 @@ def train_loop_per_worker(config: dict) -> None:
     device = torch.device(f"cuda:{ctx.get_local_rank()}") if t.use_gpu else torch.device("cpu")
     if t.use_gpu:
         torch.cuda.set_device(device)
+    else:  # Ray pins OMP_NUM_THREADS=1 per worker; use the CPUs this worker reserved
+        torch.set_num_threads(max(1, int(t.cpus_per_worker)))
     bf16 = bool(t.use_gpu and t.bf16)
 
     torch.manual_seed(t.seed)  # identical initial student (and heads) on every rank
