@@ -88,17 +88,11 @@ def truncate_layers(model: Ranker, k: int) -> Ranker:
     return layer_subset_student(model, "bottom", k)
 
 
-def other_model_student(
-    backbone: str | Path, teacher_dim: int, pooling: str = "mean", **options
-) -> BertDot:
-    """Seed 003 (b): another pretrained encoder + pooling + a Linear projection to the teacher's embedding width.
-
-    The projection is added only when the widths differ (as in the paper).
-    """
-    student = BertDot.from_backbone(backbone, pooling=pooling, normalize=False, **options)
+def other_model_student(backbone: str | Path, teacher_dim: int, **options) -> BertDot:
+    """Seed 003 (b): another pretrained encoder + pooling (mean unless given) + a Linear projection to the teacher's
+    embedding width, added only when the widths differ (as in the paper)."""
+    options = {"pooling": "mean", "normalize": False, **options}
+    student = BertDot.from_backbone(backbone, **options)
     if bb.hidden_size(student.encoder) != teacher_dim:
-        student = BertDot(
-            student.encoder, student.tokenizer, pooling=pooling, normalize=False, projection_dim=teacher_dim,
-            **{k: v for k, v in options.items() if k not in ("projection_dim",)},
-        )
+        student = BertDot(student.encoder, student.tokenizer, **{**student.options, "projection_dim": teacher_dim})
     return student
