@@ -11,10 +11,10 @@ Part 1 (cross-encoder throughput). One HF sequence-classification model (the pac
   peer  sentence_transformers.CrossEncoder(folder, device=..., max_length=L).predict(pairs, batch_size=B)
 Same max length, batch size, device, precision and pairs (TREC DL 2019 queries x their BM25 top-100 passages, then the
 other first-stage runs if more pairs are asked for). Both are warmed up, then timed in alternating order
-(ours, peer, proposed, ours, peer, proposed, ...); best and mean pairs/s are reported (wall clock, plus the process CPU
-time of each run, which is less sensitive to other load on a shared machine). "proposed" (skip with --no-token-sorted)
-is a prototype, in this file, of a change suggested for kd's Ranker.predict: batches formed by exact token count
-instead of character count, on the same kd model and tokenizer. Score agreement is checked on all N pairs (the peer
+(ours, peer, ours, peer, ...); best and mean pairs/s are reported (wall clock, plus the process CPU time of each
+run, which is less sensitive to other load on a shared machine). Ours tokenizes every pair once (Ranker.pretokenize),
+batches by exact token count and keeps scores on the device until the end; the peer sorts by character length and
+tokenizes per batch. Score agreement is checked on all N pairs (the peer
 applies Sigmoid to 1-label models; it is undone with logit) and exactly on a subset (peer with activation_fn=Identity).
 On CUDA, MFU = 2 x non-embedding params x padded tokens/pair x pairs/s / peak FLOP/s (attention's L^2 term excluded).
 
@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import datetime as dt
 import gc
-import itertools
 import json
 import os
 import platform
@@ -241,6 +240,14 @@ class TokenCounter:
         self.batches += 1
         self.max_len = max(self.max_len, ids.shape[1])
 
+    def wrap_forward(self, fn):
+        """Count the padded batch a model's forward receives (keyword tensors input_ids/attention_mask)."""
+        def wrapped(*args, **kwargs):
+            self.add(kwargs)
+            return fn(*args, **kwargs)
+
+        return wrapped
+
     def wrap(self, fn):
         def wrapped(*args, **kwargs):
             out = fn(*args, **kwargs)
@@ -268,49 +275,6 @@ def _precision_ctx(precision: str, device: torch.device):
 
 
 # ------------------------------------------------------------------------------------------------ part 1: scoring
-def make_token_sorted_predict(model, max_length: int, batch_size: int, counter: TokenCounter):
-    """PROTOTYPE of the suggested fix (not kd code), same inputs/outputs as Ranker.predict:
-    tokenize every pair once (no padding), sort by exact token count, pad each batch only to its own longest pair
-    (vectorised numpy gather), and keep the scores on the device until the end (no per-batch device->host sync)."""
-    tok = model.tokenizer
-    pad_id = tok.pad_token_id or 0
-
-    @torch.inference_mode()
-    def predict(queries, passages):
-        enc = tok(list(queries), list(passages), truncation="longest_first", max_length=max_length)
-        ids, types = enc["input_ids"], enc.get("token_type_ids")
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        starts = np.zeros(len(ids), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
-        flat_ids = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
-        flat_types = (np.fromiter(itertools.chain.from_iterable(types), dtype=np.int64, count=len(flat_ids))
-                      if types is not None else None)
-        order = np.argsort(lengths, kind="stable")
-        device = model.device
-        outs, idxs = [], []
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            width = int(lengths[idx[-1]])
-            cols = np.arange(width)
-            valid = cols[None, :] < lengths[idx][:, None]
-            gather = np.where(valid, starts[idx][:, None] + cols[None, :], 0)
-            batch = {
-                "input_ids": torch.from_numpy(np.where(valid, flat_ids[gather], pad_id)),
-                "attention_mask": torch.from_numpy(valid.astype(np.int64)),
-            }
-            if flat_types is not None:
-                batch["token_type_ids"] = torch.from_numpy(np.where(valid, flat_types[gather], 0))
-            counter.add(batch)
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            outs.append(model(**batch).float())
-            idxs.append(idx)
-        out = torch.empty(len(ids), dtype=torch.float32)
-        out[torch.from_numpy(np.concatenate(idxs))] = torch.cat(outs).cpu()
-        return out
-
-    return predict
-
-
 def bench_scoring(args, device: torch.device, queries: list[str], passages: list[str]) -> dict:
     from sentence_transformers import CrossEncoder
 
@@ -355,17 +319,14 @@ def bench_scoring(args, device: torch.device, queries: list[str], passages: list
     total_params, ne_params = non_embedding_params(ours.encoder)
 
     # counting wrappers (instance attributes; one counter add per batch)
-    counters = {name: TokenCounter() for name in ("ours", "peer", "token_sorted")}
-    ours.tokenize = counters["ours"].wrap(ours.tokenize)
+    counters = {name: TokenCounter() for name in ("ours", "peer")}
+    ours.forward = counters["ours"].wrap_forward(ours.forward)  # ours tokenizes once, up front: count what it runs
     peer.preprocess = counters["peer"].wrap(peer.preprocess)
-    run_sorted = make_token_sorted_predict(ours, args.max_length, bs, counters["token_sorted"])
 
     def run(name, q, d, p):
         if name == "ours":
             return ours.predict(q, d, batch_size=bs)
-        if name == "peer":
-            return peer.predict(p, batch_size=bs, show_progress_bar=False, convert_to_numpy=True)
-        return run_sorted(q, d)
+        return peer.predict(p, batch_size=bs, show_progress_bar=False, convert_to_numpy=True)
 
     # warm-up: a few batches each (allocator, kernels, autotuning)
     w = min(n, bs * args.warmup_batches)
@@ -414,23 +375,14 @@ def bench_scoring(args, device: torch.device, queries: list[str], passages: list
 
     # tokenization-only cost of each path, on the batches each path makes (diagnostic)
     tok_time = {}
-    order = sorted(range(n), key=lambda i: len(queries[i]) + len(passages[i]))  # as Ranker.predict
     t0 = time.perf_counter()
-    for s in range(0, n, bs):
-        idx = order[s : s + bs]
-        ours.tokenizer(
-            [queries[i] for i in idx], [passages[i] for i in idx], padding=True, truncation="longest_first",
-            max_length=args.max_length, return_tensors="pt",
-        )
+    ours.pretokenize(list(queries), list(passages))  # as Ranker.predict: every pair once, unpadded
     tok_time["ours"] = time.perf_counter() - t0
     porder = np.argsort([-(len(q) + len(p)) for q, p in pairs])  # as CrossEncoder._inference
     t0 = time.perf_counter()
     for s in range(0, n, bs):
         type(peer).preprocess(peer, [pairs[i] for i in porder[s : s + bs]])
     tok_time["peer"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ours.tokenizer(list(queries), list(passages), truncation="longest_first", max_length=args.max_length)
-    tok_time["token_sorted"] = time.perf_counter() - t0
 
     # agreement: all N pairs (undo the peer's Sigmoid with logit in float64) + a subset with the raw logits
     ours_scores = out["ours"].double().numpy()
@@ -467,9 +419,6 @@ def bench_scoring(args, device: torch.device, queries: list[str], passages: list
         "tolerance": tol,
         "agree": bool(diff.max() <= tol and raw_diff <= tol),
     }
-    if "token_sorted" in out:
-        sorted_scores = out["token_sorted"].double().numpy()
-        agreement["token_sorted_vs_ours_max_abs_diff"] = float(np.abs(sorted_scores - ours_scores).max())
 
     res = {
         "settings": settings,
@@ -504,11 +453,6 @@ def bench_scoring(args, device: torch.device, queries: list[str], passages: list
         if args.peak_tflops:
             impl[name]["mfu_best"] = impl[name]["achieved_tflops_best"] / args.peak_tflops
             impl[name]["mfu_mean"] = impl[name]["achieved_tflops_mean"] / args.peak_tflops
-    if "token_sorted" in impl:
-        impl["token_sorted"]["note"] = (
-            "prototype of a suggested change, implemented in this bench file on the kd model and tokenizer: "
-            "sort by exact token count instead of characters, tokenize once, pad per batch (numpy gather), "
-            "one device->host copy at the end instead of one per batch")
     res["implementations"] = impl
     res["speedup_ours_over_peer"] = {
         "best": impl["ours"]["pairs_per_s"]["best"] / impl["peer"]["pairs_per_s"]["best"],
@@ -516,14 +460,6 @@ def bench_scoring(args, device: torch.device, queries: list[str], passages: list
         "cpu_time_best": impl["ours"]["pairs_per_cpu_s_best"] / impl["peer"]["pairs_per_cpu_s_best"],
         "best_quiet": _ratio(impl["ours"]["pairs_per_s_best_quiet"], impl["peer"]["pairs_per_s_best_quiet"]),
     }
-    if "token_sorted" in impl:
-        res["speedup_token_sorted_over_peer"] = {
-            "best": impl["token_sorted"]["pairs_per_s"]["best"] / impl["peer"]["pairs_per_s"]["best"],
-            "mean": impl["token_sorted"]["pairs_per_s"]["mean"] / impl["peer"]["pairs_per_s"]["mean"],
-            "best_quiet": _ratio(
-                impl["token_sorted"]["pairs_per_s_best_quiet"], impl["peer"]["pairs_per_s_best_quiet"]
-            ),
-        }
     res["agreement"] = agreement
     if args.peak_tflops:
         res["peak_tflops"] = args.peak_tflops
@@ -640,8 +576,6 @@ def parse_args(argv=None):
     ap.add_argument("--contention-threshold", type=float, default=0.1,
                     help="a run is 'quiet' when other processes used at most this share of the machine (default 0.1)")
     ap.add_argument("--warmup-batches", type=int, default=3)
-    ap.add_argument("--no-token-sorted", action="store_true",
-                    help="skip the third timed row (prototype of the suggested token-length sort)")
     ap.add_argument("--agreement-subset", type=int, default=128, help="pairs re-scored for the raw-logit check")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help=f"peak dense FLOP/s in TFLOP/s for MFU (CUDA default {H100_SXM_BF16_DENSE_TFLOPS}, H100 SXM "
@@ -657,7 +591,7 @@ def parse_args(argv=None):
     gpu = args.device == "cuda"
     args.pairs = args.pairs or (20_000 if gpu else 1_000)
     args.batch_size = args.batch_size or (256 if gpu else 32)
-    args.impls = ("ours", "peer") if args.no_token_sorted else ("ours", "peer", "token_sorted")
+    args.impls = ("ours", "peer")
     args.precision = args.precision or ("autocast-bf16" if gpu else "fp32")
     if gpu and args.peak_tflops is None:
         args.peak_tflops = H100_SXM_BF16_DENSE_TFLOPS
@@ -717,7 +651,7 @@ def print_table(r: dict) -> None:
         mfu = "peak_tflops" in s
         print(f"{'cross-encoder':14s} {'best p/s':>10s} {'mean p/s':>10s} {'pad tok/pair':>12s} {'pad eff':>8s} "
               f"{'tok s':>7s} {'TFLOP/s':>8s}" + (f" {'MFU':>6s}" if mfu else ""))
-        for name, label in (("ours", "ours (kd)"), ("peer", "CrossEncoder"), ("token_sorted", "proposed fix")):
+        for name, label in (("ours", "ours (kd)"), ("peer", "CrossEncoder")):
             if name not in s["implementations"]:
                 continue
             i = s["implementations"][name]
@@ -733,9 +667,6 @@ def print_table(r: dict) -> None:
             print(f"WARNING: some row had no quiet run (other processes used up to "
                   f"{s['max_other_processes_cpu_share']:.0%} of the machine); wall-clock numbers are unreliable, rerun "
                   "on a quiet machine")
-        if "speedup_token_sorted_over_peer" in s:
-            print(f"speedup proposed/peer: best {s['speedup_token_sorted_over_peer']['best']:.3f}x, mean "
-                  f"{s['speedup_token_sorted_over_peer']['mean']:.3f}x (prototype, not kd code)")
     if "parsing" in r:
         p = r["parsing"]
         print(f"teacher parsing ({p['lines']:,} lines): ours {p['ours']['lines_per_s']['best']:,.0f} lines/s, naive "

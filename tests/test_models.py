@@ -197,8 +197,11 @@ def test_dual_encoders_expose_encode_methods(students, batch):
     assert q.shape == (len(batch[0]), 384) and cq.shape[-1] == 128 and cq_mask.shape == cq.shape[:2]
 
 
-def test_predict_batches_by_length_and_keeps_order(students, sample_rows):
-    model = students["bert_dot"]
+@pytest.mark.parametrize("arch", ["bert_dot", "bert_cat", "tinybert_cat"])
+def test_predict_batches_by_length_and_keeps_order(students, sample_rows, arch):
+    """bert_dot: character-length batches; the cross-encoders: tokenized once, batched by exact token count."""
+    model = students[arch].eval()
+    assert (model.pretokenize(["q"], ["p"]) is None) == (arch == "bert_dot")
     queries = [r["query"] for r in sample_rows]
     passages = [r["passage"] for r in sample_rows]
     with torch.no_grad():

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
+import numpy as np
 import torch
 from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_file as st_save_file
@@ -117,14 +118,35 @@ class Ranker(nn.Module):
         scores = self.score(list(queries) + list(queries), list(positives) + list(negatives))
         return scores[: len(queries)], scores[len(queries) :]
 
+    def pretokenize(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, list[list[int]]] | None:
+        """Unpadded features of every pair ({name: one id list per pair}) whose padded batches `forward` takes.
+
+        Models that implement it (the cross-encoders) are tokenized once in `predict` and batched by exact token
+        count; None (the default) → `predict` batches by character length and tokenizes each batch with `tokenize`.
+        """
+        return None
+
     @torch.inference_mode()
     def predict(
         self, queries: Sequence[str], passages: Sequence[str], batch_size: int = 64, show_progress: bool = False
     ) -> torch.Tensor:
-        """Inference scores [N] (CPU float32) for many pairs: length-sorted batches so padding stays small."""
+        """Inference scores [N] (CPU float32) for many pairs: length-sorted batches so padding stays small.
+
+        With `pretokenize` every pair is tokenized once and sorted by its exact token count, so each batch is padded
+        only to its own longest pair; scores stay on the device until the end (no per-batch host sync).
+        """
         _check_pairs(queries, passages)
-        order = sorted(range(len(queries)), key=lambda i: len(queries[i]) + len(passages[i]))
-        out = torch.empty(len(queries), dtype=torch.float32)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        features = self.pretokenize(queries, passages)
+        if features is None:
+            lengths = np.fromiter((len(q) + len(p) for q, p in zip(queries, passages)), np.int64, len(queries))
+        else:
+            lengths = np.fromiter(map(len, features["input_ids"]), np.int64, len(queries))
+            pad_ids = {"input_ids": self.tokenizer.pad_token_id or 0}
+        order = np.argsort(lengths, kind="stable")
+        device = self.device
+        outs: list[torch.Tensor] = []
         was_training = self.training
         self.eval()
         try:
@@ -135,10 +157,16 @@ class Ranker(nn.Module):
                 starts = tqdm(starts, desc=f"scoring ({self.architecture})", unit="batch")
             for start in starts:
                 idx = order[start : start + batch_size]
-                scores = self.score([queries[i] for i in idx], [passages[i] for i in idx])
-                out[idx] = scores.float().cpu()
+                if features is None:
+                    batch = self.tokenize([queries[i] for i in idx], [passages[i] for i in idx])
+                else:
+                    batch = pad_features(features, idx, lengths, pad_ids)
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                outs.append(self(**batch).float())
         finally:
             self.train(was_training)
+        out = torch.empty(len(order), dtype=torch.float32)
+        out[torch.from_numpy(order)] = torch.cat(outs).cpu()
         return out
 
     def num_parameters(self, trainable_only: bool = False) -> int:
@@ -155,6 +183,24 @@ def _check_pairs(queries: Sequence[str], passages: Sequence[str]) -> None:
         raise ValueError(f"got {len(queries)} queries but {len(passages)} passages; pairs must be aligned")
     if len(queries) == 0:
         raise ValueError("no (query, passage) pairs to score")
+
+
+def pad_features(
+    features: dict[str, list[list[int]]], idx: np.ndarray, lengths: np.ndarray, pad_ids: dict[str, int]
+) -> dict[str, torch.Tensor]:
+    """Rows `idx` of unpadded features → right-padded LongTensors [len(idx), longest] + `attention_mask`."""
+    width = int(lengths[idx].max())
+    mask = np.arange(width)[None, :] < lengths[idx][:, None]
+    batch = {}
+    for name, rows in features.items():
+        if name == "attention_mask":
+            continue
+        arr = np.full((len(idx), width), pad_ids.get(name, 0), dtype=np.int64)
+        for r, i in enumerate(idx):
+            arr[r, : lengths[i]] = rows[i]
+        batch[name] = torch.from_numpy(arr)
+    batch["attention_mask"] = torch.from_numpy(mask.astype(np.int64))
+    return batch
 
 
 def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:

@@ -23,6 +23,12 @@ def tokenize_pairs(tokenizer, queries: Sequence[str], passages: Sequence[str], m
     )
 
 
+def pretokenize_pairs(tokenizer, queries: Sequence[str], passages: Sequence[str], max_length: int) -> dict:
+    """`tokenize_pairs` without padding or tensors: one id list per pair (for Ranker.predict's exact sort)."""
+    enc = tokenizer(list(queries), list(passages), truncation="longest_first", max_length=max_length)
+    return {k: enc[k] for k in ("input_ids", "token_type_ids") if k in enc}
+
+
 class BertCat(Ranker):
     architecture = "bert_cat"
 
@@ -30,9 +36,14 @@ class BertCat(Ranker):
         super().__init__(encoder, tokenizer, max_query_length=max_query_length, max_passage_length=max_passage_length)
         self.classifier = nn.Linear(bb.hidden_size(encoder), 1)
 
+    def _max_length(self) -> int:
+        return self.options["max_query_length"] + self.options["max_passage_length"] + 3
+
     def tokenize(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, torch.Tensor]:
-        total = self.options["max_query_length"] + self.options["max_passage_length"] + 3
-        return tokenize_pairs(self.tokenizer, queries, passages, total)
+        return tokenize_pairs(self.tokenizer, queries, passages, self._max_length())
+
+    def pretokenize(self, queries: Sequence[str], passages: Sequence[str]) -> dict:
+        return pretokenize_pairs(self.tokenizer, queries, passages, self._max_length())
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)

@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from kd.models import backbone as bb
 from kd.models.base import Ranker
-from kd.models.bert_cat import tokenize_pairs
+from kd.models.bert_cat import pretokenize_pairs, tokenize_pairs
 
 
 class HFCrossEncoder(Ranker):
@@ -40,6 +40,9 @@ class HFCrossEncoder(Ranker):
 
     def tokenize(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, torch.Tensor]:
         return tokenize_pairs(self.tokenizer, queries, passages, self.options["max_length"])
+
+    def pretokenize(self, queries: Sequence[str], passages: Sequence[str]) -> dict:
+        return pretokenize_pairs(self.tokenizer, queries, passages, self.options["max_length"])
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}

@@ -16,7 +16,7 @@ from torch import nn
 
 from kd.models import backbone as bb
 from kd.models.base import Ranker
-from kd.models.bert_cat import tokenize_pairs
+from kd.models.bert_cat import pretokenize_pairs, tokenize_pairs
 
 
 @dataclass
@@ -36,6 +36,9 @@ class TinyBertCat(Ranker):
 
     def tokenize(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, torch.Tensor]:
         return tokenize_pairs(self.tokenizer, queries, passages, self.options["max_length"])
+
+    def pretokenize(self, queries: Sequence[str], passages: Sequence[str]) -> dict:
+        return pretokenize_pairs(self.tokenizer, queries, passages, self.options["max_length"])
 
     def logits(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
