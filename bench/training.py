@@ -15,18 +15,20 @@ batch, the same max lengths (query --max-query-length, passages --max-passage-le
   kd_step       kd's own step (kd.training.DistillStep on the kd BERT_DOT student, margin_mse) in a plain torch
                 AdamW loop in this process, same threads as the peer: no Ray, DeepSpeed or MLflow (diagnostic:
                 separates model-side cost from runtime cost)
-  ours_1w       `python -m jobs.distill` (score_file, margin_mse, bert_dot, ZeRO-2), 1 Ray worker x 1 CPU
-  ours_2w       the same with 2 workers x 1 CPU (1-vs-2-worker scaling)
-  ours_1w_2cpu  the same with 1 worker x 2 CPUs (diagnostic: what the thread budget alone changes)
-  kd_step_ds    kd_step under the job's own DeepSpeed engine (kd.runtime.distill.deepspeed_config, ZeRO-2) in this
-                process, world size 1 (gloo): DeepSpeed's share of the runtime cost, without Ray or MLflow
+  ours_1w       `python -m jobs.distill` (score_file, margin_mse, bert_dot, the job's default ZeRO stage: 0 on CPU,
+                2 on GPU; --zero-stage to force one), 1 Ray worker with the machine's CPUs (on CPU: as many torch
+                threads as the peer uses) -- the headline row, ours_1w / peer is the target
+  ours_1w_1cpu  the same with 1 worker x 1 CPU (the base of the scaling number)
+  ours_2w       the same with 2 workers x 1 CPU (1-vs-2-worker scaling: ours_2w / ours_1w_1cpu)
+  kd_step_ds    kd_step under the job's own DeepSpeed engine (kd.runtime.distill.deepspeed_config, same ZeRO stage)
+                in this process, world size 1 (gloo): DeepSpeed's share of the runtime cost, without Ray or MLflow
   peer_1thread  (--peer-1thread) the peer at torch.set_num_threads(1): the thread budget of one 1-CPU Ray worker
 
 Data: SciFact train, BM25 top-100 (kd.data.bm25_beir) -> kd.data.mine_triples(n_negatives=1, seed=0) -> the first K
 triples, scored by the all-MiniLM-L6-v2 bi-encoder teacher (kd.teachers.load_bi_encoder_teacher) and written with
 kd.data.write_teacher_scores. K = 2 x (warmup + steps) x micro batch, enough for the 2-worker run. The peer reads the
 examples through kd.training.load_examples (identical text joins) and takes the batches kd.training.rank_batches gives
-rank 0 of 1 worker, so peer, kd_step, ours_1w (and ours_1w_2cpu) train on exactly the same batches in the same
+rank 0 of 1 worker, so peer, kd_step, ours_1w (and ours_1w_1cpu) train on exactly the same batches in the same
 order.
 
 Timing: --warmup steps are run and dropped, then --steps steps are timed. Peer: wall clock per step (tokenization,
@@ -223,7 +225,7 @@ def job_config(args, tmp: Path, data: dict, name: str, workers: int, cpus_per_wo
                  "passages": str(Path(data["scifact"]) / "corpus.jsonl")},
         "training": {"num_workers": workers, "cpus_per_worker": cpus_per_worker, "use_gpu": args.device == "cuda",
                      "bf16": args.precision == "bf16", "micro_batch_size": args.micro_batch, "epochs": 1,
-                     "max_steps": total, "lr": args.lr, "zero_stage": 2, "seed": args.seed, "log_every": 1,
+                     "max_steps": total, "lr": args.lr, "zero_stage": args.zero_stage, "seed": args.seed, "log_every": 1,
                      "checkpoint_every": total, "max_failures": 0, "gradient_clipping": 1.0},
         "registry": {"name": None},
         "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "bench-training", "run_name": name},
@@ -385,7 +387,7 @@ def run_peer(args, examples, batches: list[list[int]], threads: int | None) -> d
 
 
 def run_kd_step(args, cfg, examples, batches: list[list[int]]) -> dict:
-    """kd's own training step (DistillStep: student.score(q + q, p+ + p-), margin_mse) in a plain torch loop in this
+    """kd's own training step (DistillStep: student.score_triples(q, p+, p-), margin_mse) in a plain torch loop in this
     process: no Ray, DeepSpeed or MLflow. Separates the model-side cost from the runtime's."""
     import torch
 
@@ -428,7 +430,7 @@ def run_kd_step(args, cfg, examples, batches: list[list[int]]) -> dict:
 
 
 def run_kd_step_deepspeed(args, cfg, examples, batches: list[list[int]]) -> dict:
-    """kd's step under the job's own DeepSpeed engine (kd.runtime.distill.deepspeed_config: ZeRO-2, AdamW,
+    """kd's step under the job's own DeepSpeed engine (kd.runtime.distill.deepspeed_config: --zero-stage, AdamW,
     WarmupDecayLR, clipping) in this process, world size 1 (gloo), without Ray or MLflow."""
     import torch.distributed as dist
 
@@ -453,7 +455,7 @@ def _kd_step_deepspeed(args, cfg, examples, batches: list[list[int]]) -> dict:
     import torch
     import torch.distributed as dist
 
-    from kd.runtime.distill import deepspeed_config
+    from kd.runtime.distill import deepspeed_config, zero_stage
     from kd.training import DistillStep, build_loss, build_student
 
     if not dist.is_initialized():
@@ -491,7 +493,7 @@ def _kd_step_deepspeed(args, cfg, examples, batches: list[list[int]]) -> dict:
     out = {"torch_num_threads": torch.get_num_threads(), **_rate_summary(n_steps, seconds),
            "warmup_steps": args.warmup, "step_seconds": [round(x, 4) for x in seconds],
            "mean_seconds": {k: round(v / max(len(seconds), 1), 4) for k, v in parts.items()},
-           "zero_stage": cfg.training.zero_stage,
+           "zero_stage": zero_stage(cfg),
            "process_cpu_s": round(cpu1 - cpu0, 3) if cpu0 is not None else None,
            **other_load(stat0, stat1, (cpu1 - cpu0) if cpu0 is not None else None)}
     if out["process_cpu_s"] and out["timed_seconds"]:
@@ -616,7 +618,8 @@ def probe_threads(shapes: list[tuple[int, float]], timeout: int) -> dict:
 
 # ------------------------------------------------------------------------------------------------- token counts
 def kd_token_counts(args, examples, batches: list[list[int]]) -> dict:
-    """Padded/real tokens per triple that kd's DistillStep encodes: score(q + q, p+ + p-) (queries twice)."""
+    """Padded/real tokens per triple that kd's DistillStep encodes: BertDot.score_triples encodes each query once
+    and p+ / p- in one batch."""
     from transformers import AutoTokenizer
 
     from kd.models.backbone import default_backbone
@@ -626,7 +629,7 @@ def kd_token_counts(args, examples, batches: list[list[int]]) -> dict:
     padded = real = n = 0
     for idx in batches:
         b = examples.batch(idx)
-        q = tokenize_texts(tok, b["query"] + b["query"], args.max_query_length)["attention_mask"]
+        q = tokenize_texts(tok, b["query"], args.max_query_length)["attention_mask"]
         d = tokenize_texts(tok, b["pos"] + b["neg"], args.max_passage_length)["attention_mask"]
         padded += q.numel() + d.numel()
         real += int(q.sum() + d.sum())
@@ -650,12 +653,15 @@ def parse_args(argv=None):
     ap.add_argument("--data-dir", default=None, help="shared data folder (default: ../shared/data)")
     ap.add_argument("--out", default=None, help="default: bench/results/training-<device>.json")
     ap.add_argument("--no-diagnostics", action="store_true",
-                    help="skip the diagnostic rows kd_step, kd_step_ds and ours_1w_2cpu")
+                    help="skip the diagnostic rows kd_step and kd_step_ds")
     ap.add_argument("--peer-1thread", action="store_true",
                     help="add the diagnostic row peer_1thread (the peer at torch.set_num_threads(1))")
     ap.add_argument("--job-retries", type=int, default=1,
                     help="rerun a failed jobs.distill this many times (e.g. a concurrent `ray stop --force`)")
-    ap.add_argument("--no-two-workers", action="store_true", help="skip ours_2w (no scaling number)")
+    ap.add_argument("--no-two-workers", action="store_true", help="skip ours_1w_1cpu and ours_2w (no scaling number)")
+    ap.add_argument("--zero-stage", default="auto", choices=["auto", 0, 1, 2],
+                    type=lambda v: v if v == "auto" else int(v),
+                    help="DeepSpeed ZeRO stage for ours and kd_step_ds (default: the job's own auto = 0 on CPU, 2 on GPU)")
     ap.add_argument("--no-thread-probe", action="store_true")
     ap.add_argument("--job-timeout", type=int, default=900, help="seconds per jobs.distill run")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp folder (configs, logs, mlflow.db)")
@@ -702,7 +708,7 @@ def main(argv=None) -> int:
             "max_query_length": args.max_query_length, "max_passage_length": args.max_passage_length,
             "lr": args.lr, "seed": args.seed, "device": args.device, "precision": args.precision,
             "student": "bert_dot, all-MiniLM-L6-v2 (default_backbone()), mean pooling, normalize as declared, 6 layers",
-            "ours": "jobs.distill score_file margin_mse, DeepSpeed ZeRO-2, AdamW (torch_adam), log_every=1, "
+            "ours": "jobs.distill score_file margin_mse, DeepSpeed (ZeRO stage: --zero-stage), AdamW (torch_adam), log_every=1, "
                     "validation off, registry.name null, MLflow sqlite in a temp dir, RAY_ADDRESS=local",
             "peer": "sentence-transformers MarginMSELoss + model.preprocess (per-column max_length) + torch AdamW + "
                     "clip_grad_norm_(1.0) + linear LambdaLR",
@@ -747,21 +753,25 @@ def main(argv=None) -> int:
             print(f"[bench] kd_step: {_fmt(rows['kd_step']['triples_per_s'])} triples/s "
                   f"({rows['kd_step']['row_seconds']} s)", flush=True)
         if not args.no_diagnostics and args.device == "cpu":
-            print(f"[bench] kd_step_ds: {total} steps (DistillStep + DeepSpeed ZeRO-{cfg.training.zero_stage} in "
+            print(f"[bench] kd_step_ds: {total} steps (DistillStep + DeepSpeed ZeRO-{args.zero_stage} in "
                   "this process)", flush=True)
             rows["kd_step_ds"] = {"kind": "kd_step", **run_kd_step_deepspeed(args, cfg, examples, batches)}
             print(f"[bench] kd_step_ds: {_fmt(rows['kd_step_ds']['triples_per_s'])} triples/s "
                   f"(per step {rows['kd_step_ds']['mean_seconds']})", flush=True)
 
-        cpus = 1 if args.device == "cpu" else max(1, (os.cpu_count() or 2) // max(gpus, 1))
-        jobs = [("ours_1w", 1, cpus)]
-        if not args.no_two_workers:
-            if args.device == "cpu" or gpus >= 2:
+        if args.device == "cpu":  # the headline row gets the peer's thread budget: the whole machine
+            jobs = [("ours_1w", 1, os.cpu_count() or 1)]
+            if not args.no_two_workers and (os.cpu_count() or 1) >= 2:
+                jobs += [("ours_1w_1cpu", 1, 1), ("ours_2w", 2, 1)]
+        else:
+            cpus = max(1, (os.cpu_count() or 2) // max(gpus, 1))
+            jobs = [("ours_1w", 1, cpus)]
+            if args.no_two_workers:
+                pass
+            elif gpus >= 2:
                 jobs.append(("ours_2w", 2, cpus))
             else:
                 result["notes"].append("ours_2w skipped: fewer than 2 GPUs")
-        if not args.no_diagnostics and args.device == "cpu" and (os.cpu_count() or 1) >= 2:
-            jobs.append(("ours_1w_2cpu", 1, 2))
         for name, w, c in jobs:
             print(f"[bench] {name}: jobs.distill, {w} worker(s) x {c} CPU, {total} steps", flush=True)
             rows[name] = {"kind": "ours", **run_ours(args, tmp, data, name.replace("_", "-"), w, c)}
@@ -806,14 +816,13 @@ def main(argv=None) -> int:
     result["speedup"] = {
         "ours_1w_vs_peer": speedup,
         "ours_1w_vs_peer_1thread": ratio("ours_1w", "peer_1thread"),
-        "ours_1w_2cpu_vs_peer": ratio("ours_1w_2cpu", "peer"),
         "peer_vs_peer_1thread": ratio("peer", "peer_1thread"),
         "kd_step_vs_peer": ratio("kd_step", "peer"),
-        "ours_1w_2cpu_vs_kd_step": ratio("ours_1w_2cpu", "kd_step"),
+        "ours_1w_vs_kd_step": ratio("ours_1w", "kd_step"),
         "kd_step_ds_vs_kd_step": ratio("kd_step_ds", "kd_step"),
-        "ours_1w_2cpu_vs_ours_1w": ratio("ours_1w_2cpu", "ours_1w"),
+        "ours_1w_vs_ours_1w_1cpu": ratio("ours_1w", "ours_1w_1cpu"),
     }
-    scaling = ratio("ours_2w", "ours_1w")
+    scaling = ratio("ours_2w", "ours_1w_1cpu" if args.device == "cpu" else "ours_1w")
     result["scaling"] = {"ours_2w_vs_1w": scaling, "efficiency": scaling / 2 if scaling else None}
     on_gpu = args.device == "cuda"
     result["targets"] = TARGETS
@@ -868,8 +877,8 @@ def main(argv=None) -> int:
 def diagnose(result: dict) -> list[str]:
     """Plain statements derived from this run's numbers: where ours gains or loses against the peer.
 
-    ours_1w / peer = (kd_step / peer) x (ours_1w_2cpu / kd_step) x (ours_1w / ours_1w_2cpu):
-    model side (same process, same threads) x runtime (Ray + DeepSpeed + MLflow, same 2 threads) x thread budget.
+    ours_1w / peer = (kd_step / peer) x (ours_1w / kd_step): model side (same process, same threads) x runtime
+    (Ray Train + DeepSpeed + per-step all_reduce/MLflow, same thread budget).
     """
     rows, sp, out = result["rows"], result["speedup"], []
     peer, ours = rows.get("peer", {}), rows.get("ours_1w", {})
@@ -879,11 +888,8 @@ def diagnose(result: dict) -> list[str]:
     cores = usage[0]["cores_used"] if usage else None
     busy = usage[0]["busy_threads_over_25pct"] if usage else None
     out.append(f"ours_1w/peer = {sp['ours_1w_vs_peer']:.3f}x. Threads: the peer runs with torch threads = "
-               f"{peer.get('torch_num_threads')} ({peer.get('cores_used')} cores used); the 1-CPU Ray worker "
-               f"used {cores} cores with {busy} busy thread(s)"
-               + (f", torch.get_num_threads() = {ours['probe_torch_num_threads']} and OMP_NUM_THREADS = "
-                  f"{ours.get('probe_OMP_NUM_THREADS')} in a 1-CPU Ray Train worker (probe)"
-                  if ours.get("probe_torch_num_threads") else ""))
+               f"{peer.get('torch_num_threads')} ({peer.get('cores_used')} cores used); the Ray Train worker "
+               f"({ours.get('cpus_per_worker')} CPU) used {cores} cores with {busy} busy thread(s)")
     if sp.get("kd_step_vs_peer") is not None:
         out.append(f"model side (same process and threads, no Ray/DeepSpeed/MLflow): kd_step/peer = "
                    f"{sp['kd_step_vs_peer']:.3f}x")
@@ -892,25 +898,25 @@ def diagnose(result: dict) -> list[str]:
         o, p = tok["ours_kd_tokenization"], tok["peer_st_tokenization"]
         out.append(f"tokens encoded per triple: ours {o['padded_tokens_per_triple']:.1f} padded "
                    f"({o['real_tokens_per_triple']:.1f} real) vs peer {p['padded_tokens_per_triple']:.1f} "
-                   f"({p['real_tokens_per_triple']:.1f}) = {tok['ours_vs_peer_padded_tokens']:.3f}x: DistillStep "
-                   "scores student.score(q + q, p+ + p-), so every query is tokenized and encoded twice; the peer "
-                   "encodes the query column once")
-    if sp.get("ours_1w_2cpu_vs_kd_step") is not None:
-        out.append(f"runtime (Ray Train + DeepSpeed ZeRO-2 + per-step all_reduce/MLflow, same 2 threads): "
-                   f"ours_1w_2cpu/kd_step = {sp['ours_1w_2cpu_vs_kd_step']:.3f}x")
+                   f"({p['real_tokens_per_triple']:.1f}) = {tok['ours_vs_peer_padded_tokens']:.3f}x (both encode "
+                   "each query once and p+/p- together)")
+    if sp.get("ours_1w_vs_kd_step") is not None:
+        out.append(f"runtime (Ray Train + DeepSpeed + per-step all_reduce/MLflow, same thread budget): "
+                   f"ours_1w/kd_step = {sp['ours_1w_vs_kd_step']:.3f}x")
     if sp.get("kd_step_ds_vs_kd_step") is not None:
         ds = rows["kd_step_ds"]
         out.append(f"DeepSpeed alone (ZeRO-{ds.get('zero_stage')}, same process and threads): kd_step_ds/kd_step = "
                    f"{sp['kd_step_ds_vs_kd_step']:.3f}x; mean seconds per step {ds.get('mean_seconds')}")
-    if sp.get("ours_1w_2cpu_vs_ours_1w") is not None:
-        out.append(f"thread budget: 1 worker x 2 CPUs vs 1 worker x 1 CPU = {sp['ours_1w_2cpu_vs_ours_1w']:.3f}x; "
-                   f"ours_1w_2cpu/peer = {_fmt(sp.get('ours_1w_2cpu_vs_peer'), '.3f')}x")
+    if sp.get("ours_1w_vs_ours_1w_1cpu") is not None:
+        out.append(f"thread budget: 1 worker x {ours.get('cpus_per_worker')} CPUs vs 1 worker x 1 CPU = "
+                   f"{sp['ours_1w_vs_ours_1w_1cpu']:.3f}x")
     if sp.get("ours_1w_vs_peer_1thread") is not None:
-        out.append(f"thread-matched at 1 thread: ours_1w/peer_1thread = {sp['ours_1w_vs_peer_1thread']:.3f}x")
+        out.append(f"ours_1w/peer_1thread = {sp['ours_1w_vs_peer_1thread']:.3f}x")
     sc = result.get("scaling", {})
     if sc.get("ours_2w_vs_1w") is not None:
-        out.append(f"2 workers vs 1 (1 CPU each): {sc['ours_2w_vs_1w']:.3f}x (efficiency {sc['efficiency']:.2f})")
-    for name in ("ours_1w", "ours_2w", "ours_1w_2cpu"):
+        out.append(f"2 workers vs 1 (1 CPU each on CPU): {sc['ours_2w_vs_1w']:.3f}x (efficiency "
+                   f"{sc['efficiency']:.2f})")
+    for name in ("ours_1w", "ours_1w_1cpu", "ours_2w"):
         r = rows.get(name) or {}
         if r.get("end_to_end_wall_s") is not None and r.get("timed_seconds") is not None:
             out.append(f"{name} end to end {r['end_to_end_wall_s']:.1f} s: start-up to first step "
