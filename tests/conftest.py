@@ -34,3 +34,21 @@ def sample_rows() -> list[dict]:
     from kd.quickstart import read_pairs, sample_path
 
     return read_pairs(sample_path())
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A real, isolated local Ray head node (tests/ray_head.py); jobs join it through `ray_head.env()`."""
+    from ray_head import RayHead
+
+    with RayHead(num_cpus=2) as head:
+        yield head
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on loopback, sqlite backend, proxied artifacts (tests/mlflow_server.py)."""
+    from mlflow_server import MLflowServer
+
+    with MLflowServer(tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,23 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
+def ray_cluster(ray_head):
     """A real local Ray cluster (head node) that every job joins through RAY_ADDRESS, as under `ray job submit`."""
-    port = _free_port()
-    subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                    "--disable-usage-stats"], check=True, capture_output=True, timeout=180)
-    # the head registers under this machine's node IP; read the address it wrote for clients
-    address = Path("/tmp/ray/ray_current_cluster").read_text().strip()
-    assert address.endswith(f":{port}")
-    yield address
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+    return ray_head
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +86,8 @@ def _config(fx, name: str, mode: str, student: dict, loss: dict, **extra) -> Pat
     return path
 
 
-def _distill(config: Path, ray_address: str) -> dict:
-    # a `ray start` cluster uses token auth here (~/.ray/auth_token); explicit-address clients must opt in
-    env = {**os.environ, "RAY_ADDRESS": ray_address, "RAY_AUTH_MODE": "token"}
+def _distill(config: Path, head) -> dict:
+    env = head.env()  # a `ray start` cluster uses token auth here (~/.ray/auth_token): ray_head opts clients in
     proc = subprocess.run([sys.executable, "-m", "jobs.distill", "--config", str(config)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
