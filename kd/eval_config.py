@@ -142,18 +142,11 @@ class RunTask(_Task):
         return _must_exist(v)
 
 
-class DenseTask(_Task):
-    """Full-corpus dense retrieval over a BEIR folder: corpus encoded once, exact inner-product FAISS index (or
-    HNSW), the judged queries of `split` encoded by the model, top_k written as a TREC run."""
+class _BeirTask(_Task):
+    """A task over a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), checked when the config loads."""
 
-    task: Literal["dense"]
     beir: str
     split: str = "test"
-    top_k: int = Field(1000, ge=1)
-    index: Literal["flat", "hnsw"] = "flat"
-    hnsw_m: int = Field(32, ge=4)
-    hnsw_ef_search: int = Field(512, ge=1)
-    use_title: bool = True
 
     @field_validator("beir")
     @classmethod
@@ -168,6 +161,18 @@ class DenseTask(_Task):
         if not q.is_file():
             raise ValueError(f"field split: no qrels file {q}")
         return self
+
+
+class DenseTask(_BeirTask):
+    """Full-corpus dense retrieval over a BEIR folder: corpus encoded once, exact inner-product FAISS index (or
+    HNSW), the judged queries of `split` encoded by the model, top_k written as a TREC run."""
+
+    task: Literal["dense"]
+    top_k: int = Field(1000, ge=1)
+    index: Literal["flat", "hnsw"] = "flat"
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_search: int = Field(512, ge=1)
+    use_title: bool = True
 
 
 class RerankTask(_Task):
@@ -187,7 +192,7 @@ class RerankTask(_Task):
         return _must_exist(v)
 
 
-class DocumentTask(_Task):
+class DocumentTask(_BeirTask):
     """Long documents split into passages of `window` words every `stride` words (title repeated in front of every
     passage), each passage scored by the model for the query, passage scores aggregated to one document score.
 
@@ -196,8 +201,6 @@ class DocumentTask(_Task):
     """
 
     task: Literal["document"]
-    beir: str
-    split: str = "test"
     run: str | None = None
     top_k: int = Field(100, ge=1)
     window: int = Field(100, ge=1, description="words per passage")
@@ -205,13 +208,6 @@ class DocumentTask(_Task):
     max_passages: int | None = Field(None, ge=1, description="at most this many passages per document")
     aggregations: list[str] = Field(["maxp", "firstp", "sump", "avgp", "top2"], min_length=1)
     use_title: bool = True
-
-    @field_validator("beir")
-    @classmethod
-    def _beir(cls, v: str) -> str:
-        if not (Path(v).expanduser() / "corpus.jsonl").is_file():
-            raise ValueError(f"not a BEIR folder (no corpus.jsonl): {v}")
-        return v
 
     @field_validator("aggregations")
     @classmethod
@@ -227,9 +223,6 @@ class DocumentTask(_Task):
     def _check(self):
         if self.stride > self.window:
             raise ValueError(f"field stride: {self.stride} > window {self.window} would skip words")
-        q = Path(self.beir).expanduser() / "qrels" / f"{self.split}.tsv"
-        if not q.is_file():
-            raise ValueError(f"field split: no qrels file {q}")
         return self
 
 
