@@ -300,6 +300,31 @@ class TrainingConfig(Strict):
     max_failures: int = Field(1, ge=0)
     log_every: int = Field(10, ge=1)
     fault_injection: FaultInjection | None = None
+    deepspeed_config: str | None = Field(
+        None, description="DeepSpeed JSON (e.g. cluster/deepspeed/zero2.json) merged over the generated config; batch "
+                          "sizes, optimizer, scheduler and precision always come from this section")
+
+    @field_validator("deepspeed_config")
+    @classmethod
+    def _deepspeed_file(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import json
+
+        path = Path(v).expanduser()
+        if not path.is_file():
+            raise ValueError(f"file not found: {v}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{v}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{v}: a DeepSpeed config is a JSON object")
+        stage = (data.get("zero_optimization") or {}).get("stage", 0)
+        if stage not in (0, 1, 2):
+            raise ValueError(f"{v}: ZeRO stage {stage!r} is not supported by the distill loop (0, 1 or 2: it saves and "
+                             "validates the student from full, unpartitioned parameters)")
+        return v
 
 
 class RegistryConfig(Strict):
@@ -437,7 +462,7 @@ class MineTriplesConfig(Strict):
     @field_validator("beir")
     @classmethod
     def _beir_folder(cls, v: str) -> str:
-        if not (Path(v) / "corpus.jsonl").is_file():
+        if not any((Path(v) / name).is_file() for name in ("corpus.jsonl", "corpus.jsonl.gz")):
             raise ValueError(f"not a BEIR folder (no corpus.jsonl): {v}")
         return v
 
@@ -448,4 +473,6 @@ class MineTriplesConfig(Strict):
             raise ValueError(f"field split: no qrels file {qrels}")
         if self.run and not Path(self.run).is_file():
             raise ValueError(f"field run: file not found: {self.run}")
+        if not self.run and not (Path(self.beir) / "corpus.jsonl").is_file():  # only a given run needs no corpus
+            raise ValueError(f"field run: BM25 mining reads {Path(self.beir) / 'corpus.jsonl'}; give a first-stage run")
         return self

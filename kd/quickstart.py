@@ -1,4 +1,5 @@
-"""The offline smoke run: every student, built on real pretrained weights, scores real SciFact pairs.
+"""The quickstart's helpers: where its pipeline config is (`config_path`), and the offline smoke run
+(`python -m jobs.quickstart --smoke`): every student, built on real pretrained weights, scores real SciFact pairs.
 
 Students other than BERT_DOT get freshly initialised heads here, so their scores are not yet meaningful rankings;
 BERT_DOT on all-MiniLM-L6-v2 is the pretrained bi-encoder itself, so its pos > neg accuracy is a real sanity check.
@@ -18,6 +19,15 @@ from kd.models import STUDENTS, build_student
 
 def sample_path() -> Path:
     return Path(str(resources.files("kd") / "resources" / "scifact_sample.jsonl"))
+
+
+def config_path() -> Path:
+    """The quickstart pipeline config: configs/quickstart.yaml in a source checkout, else the identical copy
+    packaged as kd/resources/quickstart/quickstart.yaml (tests keep the two equal)."""
+    repo = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    if repo.is_file():
+        return repo
+    return Path(str(resources.files("kd") / "resources" / "quickstart" / "quickstart.yaml"))
 
 
 def read_pairs(path: str | Path) -> list[dict]:

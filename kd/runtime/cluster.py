@@ -15,8 +15,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {"address": address} if address else {"num_cpus": num_cpus}
-    # hand the driver's offline and tracking settings on to the workers
-    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MLFLOW_TRACKING_URI") if k in os.environ}
+    env = forwarded_env()
     try:
         ray.init(**kwargs, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
     except ConnectionError as e:
@@ -29,3 +28,19 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         raise
     logger.info("Ray: %s", ray.cluster_resources())
 
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's offline and tracking settings, handed on to the workers — except those a submitted job's runtime
+    env already sets (`ray job submit --runtime-env-json '{"env_vars": {...}}'`): Ray refuses to merge the job's
+    runtime env with ray.init's when both name the same variable."""
+    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MLFLOW_TRACKING_URI") if k in os.environ}
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if raw:
+        import json
+
+        try:
+            job_vars = set((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
+        except (ValueError, AttributeError):
+            job_vars = set()
+        env = {k: v for k, v in env.items() if k not in job_vars}
+    return env

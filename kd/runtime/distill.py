@@ -28,8 +28,11 @@ logger = logging.getLogger(__name__)
 PATH_FIELDS = (
     ("teacher", "scores"), ("teacher", "model"), ("data", "queries"), ("data", "passages"), ("data", "triples"),
     ("data", "exclude_query_ids_from"), ("validation", "run"), ("validation", "qrels"), ("validation", "queries"),
-    ("validation", "passages"), ("student", "backbone"),
+    ("validation", "passages"), ("student", "backbone"), ("training", "deepspeed_config"),
 )
+# keys of a DeepSpeed JSON that the training section owns (the data loop depends on them)
+DEEPSPEED_OWNED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer",
+                   "scheduler", "bf16", "fp16")
 
 
 def absolutize(cfg: DistillConfig) -> DistillConfig:
@@ -50,6 +53,17 @@ def zero_stage(cfg: DistillConfig) -> int:
 
 
 def deepspeed_config(cfg: DistillConfig, total_steps: int) -> dict:
+    """The engine's config from the training section, with `training.deepspeed_config`'s other keys (ZeRO settings,
+    gradient clipping, communication options, ...) merged over it."""
+    t = cfg.training
+    conf = _generated_deepspeed_config(cfg, total_steps)
+    if t.deepspeed_config:
+        extra = json.loads(Path(t.deepspeed_config).read_text())
+        conf.update({k: v for k, v in extra.items() if k not in DEEPSPEED_OWNED})
+    return conf
+
+
+def _generated_deepspeed_config(cfg: DistillConfig, total_steps: int) -> dict:
     t = cfg.training
     return {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
@@ -66,7 +80,7 @@ def deepspeed_config(cfg: DistillConfig, total_steps: int) -> dict:
     }
 
 
-def _mlflow_start(cfg: DistillConfig):
+def _mlflow_start(cfg: DistillConfig, extra_tags: dict | None = None):
     import mlflow
 
     from kd.runtime.tracking import git_commit, log_params, use_experiment
@@ -79,6 +93,7 @@ def _mlflow_start(cfg: DistillConfig):
     run = mlflow.start_run(run_name=name, tags={
         "kd.run_name": cfg.run.name, "kd.job": "distill", "kd.mode": cfg.mode,
         "kd.git_commit": git_commit() or "unknown", "kd.dataset": cfg.registry.dataset_tag or "",
+        **(extra_tags or {}),  # e.g. a sweep's mlflow.parentRunId (the run is nested under the sweep's run)
     })
     log_params(to_flat_dict(cfg))
     return run
@@ -166,7 +181,7 @@ def train_loop_per_worker(config: dict) -> None:
         done = json.loads((storage / "final.json").read_text())
         ray.train.report({k: v for k, v in done.items() if isinstance(v, (int, float, str))})
         return
-    run = _mlflow_start(cfg) if rank == 0 and cfg.mlflow.enabled else None
+    run = _mlflow_start(cfg, config.get("mlflow_tags")) if rank == 0 and cfg.mlflow.enabled else None
     import mlflow
 
     fault = t.fault_injection
@@ -224,7 +239,7 @@ def train_loop_per_worker(config: dict) -> None:
                 marker.write_text(f"worker rank {rank} killed at step {step}\n")
                 logger.error("fault injection: killing worker rank %d at step %d", rank, step)
                 os._exit(1)
-            metrics: dict = {"step": step}
+            metrics: dict = {"step": step, "total_steps": total_steps}  # total_steps: lets callbacks spot the end
             if step % t.log_every == 0 or step == total_steps:
                 mean_loss = torch.tensor([sum(losses) / max(len(losses), 1)], dtype=torch.float64)
                 dist.all_reduce(mean_loss)
@@ -233,7 +248,8 @@ def train_loop_per_worker(config: dict) -> None:
                                examples_per_second=seen_since * world / max(elapsed, 1e-9))
                 losses, t_last, seen_since = [], time.perf_counter(), 0
                 if run is not None:
-                    mlflow.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=step)
+                    mlflow.log_metrics({k: v for k, v in metrics.items() if k not in ("step", "total_steps")},
+                                       step=step)
             validating = validator is not None and (step % cfg.validation.every_steps == 0 or step == total_steps)
             if validating:
                 engine.eval()
@@ -260,12 +276,20 @@ def train_loop_per_worker(config: dict) -> None:
             mlflow.log_metric("best_" + target, final["best_" + target])
             final["mlflow_run_id"] = run.info.run_id
             mlflow.end_run()
+        # the best student (the last one without validation) as a plain kd folder at a fixed path: the example
+        # configs (score_teachers_scifact.yaml, tinybert_scifact.yaml) name <storage>/<run>/final_model as a teacher
+        storage.mkdir(parents=True, exist_ok=True)
+        final["final_model"] = str(save_best_student(storage / "final_model"))
         (storage / "final.json").write_text(json.dumps(final, indent=2, default=str) + "\n")
     ray.train.report({k: v for k, v in final.items() if isinstance(v, (int, float, str))})
 
 
-def distill(cfg: DistillConfig) -> dict:
-    """Run a distillation job; returns rank 0's final metrics (registry version, best validation metric, ...)."""
+def distill(cfg: DistillConfig, *, callbacks=(), mlflow_tags: dict[str, str] | None = None) -> dict:
+    """Run a distillation job; returns rank 0's final metrics (registry version, best validation metric, ...).
+
+    `callbacks`: Ray Train V2 UserCallbacks (a sweep passes one that forwards validation reports to Tune);
+    `mlflow_tags`: extra tags of a new MLflow run (a sweep nests trials with `mlflow.parentRunId`).
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -279,12 +303,13 @@ def distill(cfg: DistillConfig) -> dict:
         resources["GPU"] = 1
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json")},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "mlflow_tags": dict(mlflow_tags or {})},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=cfg.run.name, storage_path=cfg.run.storage_path,
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
+            callbacks=list(callbacks),
         ),
     )
     result = trainer.fit()

@@ -54,11 +54,20 @@ def _requirements() -> list[str]:
     return reqs
 
 
-def download_ranker_folder(model_uri: str, dst: str | Path | None = None) -> Path:
-    """Download a logged/registered kd model (`models:/name@alias`, `runs:/…`) and return its HF-format folder."""
-    import yaml
+def download_ranker_folder(model_uri: str, dst: str | Path | None = None, tracking_uri: str | None = None) -> Path:
+    """Download a logged/registered kd model (`models:/name@alias`, `runs:/…`) and return its HF-format folder.
 
-    local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(dst) if dst else None))
+    `tracking_uri`: the server to ask (also as the registry); default: MLflow's current tracking URI."""
+    import contextlib
+
+    import yaml
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    # MLflow resolves models:/ URIs (registered and logged models) against the *global* URIs, whatever
+    # download_artifacts(tracking_uri=...) says: point them at the server for this call only
+    with _use_tracking_uri(tracking_uri) if tracking_uri else contextlib.nullcontext():
+        local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(dst) if dst else None,
+                                                         tracking_uri=tracking_uri))
     spec = yaml.safe_load((local / "MLmodel").read_text())
     try:
         rel = spec["flavors"]["python_function"]["artifacts"][ARTIFACT_KEY]["path"]

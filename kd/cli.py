@@ -1,0 +1,215 @@
+"""The `kd` command: use a ranker found by registry URI, folder or name.
+
+    kd rerank --model models:/scifact-bert-dot@champion --query "what causes fever" --passages passages.tsv
+    kd rerank --model models:/scifact-bert-dot@champion --run bm25.trec --queries queries.jsonl \\
+              --corpus corpus.jsonl --top-k 100 --output reranked.trec
+    kd encode --model models:/scifact-bert-dot@champion --input corpus.jsonl --kind docs --out docs.npy
+    kd lookup --model models:/scifact-bert-dot@champion
+
+`--model` takes models:/<name>@<alias>, models:/<name>/<version>, runs:/<id>/model, a saved kd folder, or an HF /
+sentence-transformers name or folder; registry URIs use --tracking-uri, else $MLFLOW_TRACKING_URI.
+Exit codes: 0 ok, 2 bad input (missing file, unknown model / alias / version, wrong model kind).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+TEXT_FORMATS = "a .jsonl file (BEIR queries.jsonl / corpus.jsonl: _id, [title,] text), an id<TAB>text TSV, or " \
+               "plain text (one per line; ids are line numbers from 1)"
+
+
+def _read_texts(path: str, *, use_title: bool = True) -> tuple[list[str], list[str]]:
+    """(ids, texts) from a jsonl / TSV / plain-text file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    if path.endswith((".jsonl", ".jsonl.gz")):
+        from kd.data import load_passages
+
+        texts = load_passages(path, use_title=use_title, show_progress=False)
+        return list(texts.keys()), list(texts.values())
+    ids, out = [], []
+    with open(p, encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line in f if line.strip()]
+    tsv = bool(lines) and all("\t" in line for line in lines)
+    for n, line in enumerate(lines, 1):
+        if tsv:
+            i, t = line.split("\t", 1)
+            ids.append(i.strip())
+            out.append(t)
+        else:
+            ids.append(str(n))
+            out.append(line)
+    return ids, out
+
+
+def _load(args):
+    import kd
+
+    return kd.load(args.model, tracking_uri=args.tracking_uri, device=args.device)
+
+
+def cmd_rerank(args) -> int:
+    ranker = _load(args)
+    if args.run:
+        from kd.data import load_passages, load_queries, ranked, read_trec_run, write_trec_run
+
+        if not (args.queries and args.corpus):
+            raise UsageError("--run needs --queries and --corpus (the texts of its query and document ids)")
+        run = read_trec_run(args.run)
+        queries = load_queries(args.queries)
+        corpus = load_passages(args.corpus, show_progress=False, use_title=not args.no_title)
+        qids = sorted(run)
+        if args.query_id:
+            missing = [q for q in args.query_id if q not in run]
+            if missing:
+                raise UsageError(f"query ids {missing} are not in {args.run}")
+            qids = [q for q in qids if q in set(args.query_id)]
+        out: dict[str, dict[str, float]] = {}
+        for qid in qids:
+            if qid not in queries:
+                raise UsageError(f"query {qid!r} of {args.run} has no text in {args.queries}")
+            docs = [d for d, _ in ranked(run[qid], args.top_k)]
+            missing = [d for d in docs if d not in corpus]
+            if missing:
+                raise UsageError(f"{len(missing)} documents of query {qid!r} have no text in {args.corpus}, "
+                                 f"e.g. {missing[:3]}")
+            scores = ranker.rerank(queries[qid], [corpus[d] for d in docs], batch_size=args.batch_size)
+            out[qid] = dict(zip(docs, map(float, scores)))
+        if args.output:
+            n = write_trec_run(args.output, out, tag=args.tag)
+            print(f"wrote {n} lines for {len(out)} queries to {args.output}", file=sys.stderr)
+        else:
+            for qid in sorted(out):
+                for rank, (docid, score) in enumerate(ranked(out[qid]), 1):
+                    print(f"{qid} Q0 {docid} {rank} {score!r} {args.tag}")
+        return 0
+    if args.query is None:
+        raise UsageError("give --query TEXT with --passages FILE / --passage TEXT, or --run FILE (+ --queries, "
+                         "--corpus) to re-rank a TREC run")
+    ids, texts = [], []
+    if args.passages:
+        ids, texts = _read_texts(args.passages, use_title=not args.no_title)
+    for n, p in enumerate(args.passage or [], len(ids) + 1):
+        ids.append(str(n))
+        texts.append(p)
+    if not texts:
+        raise UsageError("no passages: give --passages FILE and/or --passage TEXT")
+    ranking = ranker.rank(args.query, texts, top_k=args.top_k, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps([{"rank": r, "id": ids[i], "score": s, "text": texts[i]}
+                          for r, (i, s) in enumerate(ranking, 1)], indent=1))
+    else:
+        for r, (i, s) in enumerate(ranking, 1):
+            text = texts[i] if len(texts[i]) <= 100 else texts[i][:97] + "..."
+            print(f"{r}\t{ids[i]}\t{s:.6f}\t{text}")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    import numpy as np
+
+    ranker = _load(args)
+    ids, texts = _read_texts(args.input, use_title=not args.no_title)
+    if not texts:
+        raise UsageError(f"{args.input}: no texts")
+    fn = ranker.encode_queries if args.kind == "queries" else ranker.encode_docs
+    emb = fn(texts, batch_size=args.batch_size)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(emb, list):  # ColBERT: one [tokens, dim] matrix per text → concatenated + offsets
+        offsets = np.cumsum([0] + [e.shape[0] for e in emb]).astype(np.int64)
+        if out.suffix != ".npz":
+            out = out.with_suffix(".npz")
+        np.savez(out, vectors=np.concatenate(emb).astype(np.float32), offsets=offsets, ids=np.array(ids))
+        shape = f"{len(emb)} texts, {int(offsets[-1])} token vectors of dim {emb[0].shape[1]}"
+    else:
+        np.save(out, emb)
+        Path(str(out) + ".ids").write_text("".join(f"{i}\n" for i in ids))
+        shape = f"{emb.shape[0]} × {emb.shape[1]}"
+    print(f"wrote {shape} ({ranker.architecture}, {args.kind}) to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_lookup(args) -> int:
+    from kd.registry import resolve
+
+    if args.load:
+        print(json.dumps(_load(args).info(), indent=2, default=str))
+    else:
+        print(json.dumps(resolve(args.model, args.tracking_uri).to_dict(), indent=2, default=str))
+    return 0
+
+
+class UsageError(ValueError):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="kd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{rerank,encode,lookup}")
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True, metavar="URI",
+                       help="models:/<name>@<alias> | models:/<name>/<version> | runs:/<id>/model | kd folder | "
+                            "HF / sentence-transformers name or folder")
+        p.add_argument("--tracking-uri", default=None, help="MLflow tracking server (default $MLFLOW_TRACKING_URI)")
+        p.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
+
+    r = sub.add_parser("rerank", help="score passages for a query, or re-rank a TREC run",
+                       description="Score passages for one query (printed best first: rank, id, score, text), or "
+                                   "re-rank the top-k of every query of a TREC run (written as a TREC run).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    model_args(r)
+    r.add_argument("--query", help="the query text (with --passages / --passage)")
+    r.add_argument("--passages", metavar="FILE", help=f"candidate passages: {TEXT_FORMATS}")
+    r.add_argument("--passage", action="append", metavar="TEXT", help="a candidate passage (repeatable)")
+    r.add_argument("--run", metavar="FILE", help="a TREC run (qid Q0 docid rank score tag) to re-rank")
+    r.add_argument("--queries", metavar="FILE", help="with --run: queries.jsonl or id<TAB>text TSV")
+    r.add_argument("--corpus", metavar="FILE", help="with --run: corpus.jsonl or id<TAB>text TSV")
+    r.add_argument("--query-id", action="append", metavar="QID", help="with --run: only these queries (repeatable)")
+    r.add_argument("--top-k", type=int, default=None, help="re-rank / print only the first k (default all)")
+    r.add_argument("--output", metavar="FILE", help="with --run: write the TREC run here (default stdout)")
+    r.add_argument("--tag", default="kd", help="run tag of the TREC output")
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--no-title", action="store_true", help="corpus.jsonl: passage text without the title")
+    r.add_argument("--json", action="store_true", help="--query mode: print JSON instead of TSV")
+    r.set_defaults(fn=cmd_rerank)
+
+    e = sub.add_parser("encode", help="embed queries or documents with a dual encoder (bert_dot, colbert)",
+                       description="Encode texts with a dual encoder. bert_dot: a float32 [n, d] .npy (+ <out>.ids, "
+                                   "one id per line); colbert: an .npz with vectors [tokens, d], offsets [n+1], ids.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    model_args(e)
+    e.add_argument("--input", required=True, metavar="FILE", help=f"texts: {TEXT_FORMATS}")
+    e.add_argument("--kind", required=True, choices=("queries", "docs"))
+    e.add_argument("--out", required=True, metavar="FILE", help="output .npy (bert_dot) / .npz (colbert)")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--no-title", action="store_true", help="corpus.jsonl: text without the title")
+    e.set_defaults(fn=cmd_encode)
+
+    lk = sub.add_parser("lookup", help="resolve a model URI: registered name, version, aliases, run, tags",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    model_args(lk)
+    lk.add_argument("--load", action="store_true", help="also download and load it (adds architecture, size)")
+    lk.set_defaults(fn=cmd_lookup)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from kd.data import FormatError
+    from kd.registry import NotADualEncoder, RegistryError
+
+    try:
+        return args.fn(args)
+    except (RegistryError, NotADualEncoder, UsageError, FormatError, FileNotFoundError) as e:
+        print(f"kd {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
