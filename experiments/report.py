@@ -1,0 +1,442 @@
+"""docs/RESULTS.md from the MLflow store of experiments/run.py — no number in it is typed by hand.
+
+    python experiments/report.py [--tracking-uri sqlite:///outputs/experiments/mlflow.db] [--out docs/RESULTS.md]
+
+Every table cell comes from an MLflow run (the newest run of each (model, dataset) in the table's evaluation
+experiment; the training run found by its kd.run_name tag); each row names its config, its re-run command and its
+MLflow run ids. Rows without runs are listed as "not run yet" with their commands. Verdicts ("reproduced" or not)
+are computed from the same numbers. Also draws docs/results_rerankers_efficiency_effectiveness.png (re-rankers of
+findings 2 and 3) with kd.evaluation.plot_tradeoff; the finding-1 figure is drawn by the f1 evaluation job (`plot:`).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "experiments")]
+
+import run as driver  # noqa: E402  (experiments/run.py: the rows and their commands)
+
+F1_EVAL, F2_EVAL, F3_EVAL = ("results-f1-query-encoder-eval", "results-f2-margin-mse-eval", "results-f3-tinybert-eval")
+F1_TRAIN, F2_TRAIN, F3_TRAIN = ("results-f1-query-encoder-train", "results-f2-margin-mse-train",
+                                "results-f3-tinybert-train")
+LAYERS = {(1, "top-bottom"): "{0}", (1, "uniform"): "{2}", (2, "top-bottom"): "{0, 5}", (2, "uniform"): "{1, 4}",
+          (2, "bottom"): "{0, 1}", (3, "top-bottom"): "{0, 1, 5}", (3, "uniform"): "{0, 2, 4}",
+          (3, "bottom"): "{0, 1, 2}"}
+
+
+class Store:
+    def __init__(self, uri: str):
+        from mlflow import MlflowClient
+
+        self.c = MlflowClient(tracking_uri=uri)
+        self._eval: dict[str, dict] = {}
+
+    def eval_runs(self, experiment: str) -> dict[tuple[str, str], object]:
+        """(kd.model, kd.dataset) → newest evaluate run of the experiment."""
+        if experiment not in self._eval:
+            exp = self.c.get_experiment_by_name(experiment)
+            out: dict = {}
+            if exp is not None:
+                runs = self.c.search_runs([exp.experiment_id], "tags.`kd.job` = 'evaluate'",
+                                          order_by=["attributes.start_time DESC"], max_results=5000)
+                for r in runs:
+                    key = (r.data.tags.get("kd.model", ""), r.data.tags.get("kd.dataset", ""))
+                    out.setdefault(key, r)
+            self._eval[experiment] = out
+        return self._eval[experiment]
+
+    def all_runs(self, experiment: str) -> list:
+        exp = self.c.get_experiment_by_name(experiment)
+        if exp is None:
+            return []
+        return list(self.c.search_runs([exp.experiment_id], "tags.`kd.job` = 'evaluate'", max_results=5000))
+
+    def get(self, experiment: str, model: str, dataset: str):
+        return self.eval_runs(experiment).get((model, dataset))
+
+    def train_run(self, experiment: str, run_name: str):
+        exp = self.c.get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        runs = self.c.search_runs([exp.experiment_id], f"tags.`kd.run_name` LIKE '{run_name}%'",
+                                  order_by=["attributes.start_time DESC"], max_results=50)
+        runs = [r for r in runs if r.data.tags.get("kd.run_name") == run_name
+                or r.data.tags.get("kd.run_name", "").startswith(f"{run_name}-rerun-")]
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        return (finished or runs or [None])[0]
+
+
+def m(run, key: str) -> float | None:
+    if run is None:
+        return None
+    v = run.data.metrics.get(key)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def num(v: float | None, digits: int = 2) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def f4(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
+def pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def rid(run) -> str:
+    return "–" if run is None else f"`{run.info.run_id[:8]}`"
+
+
+def wall(run) -> str:
+    if run is None or not run.info.end_time:
+        return "–"
+    return f"{(run.info.end_time - run.info.start_time) / 1000:.0f} s"
+
+
+def cmd(row_id: str) -> str:
+    return f"`python experiments/run.py row {row_id}`"
+
+
+def contended(store: Store, experiment: str, model: str, dataset: str) -> bool:
+    r = store.get(experiment, model, dataset)
+    return bool(r is not None and r.data.params.get("info.contended") == "True")
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else float("nan"))
+
+
+# ======================================================================================================== F1
+def finding1(store: Store, not_run: list[str]) -> tuple[str, dict]:
+    teacher = store.get(F1_EVAL, "f1-teacher-minilm-l6", "scifact-test")
+    t_eff = store.get(F1_EVAL, "f1-teacher-minilm-l6", "f1-efficiency")
+    t_ndcg = m(teacher, "ndcg_at_10")
+    bss = (1, 16, 64)
+
+    teacher_effs = sorted((r for r in store.all_runs(F1_EVAL) if r.data.tags.get("kd.model") == "f1-teacher-minilm-l6"
+                           and r.data.tags.get("kd.dataset") == "f1-efficiency"), key=lambda r: r.info.start_time)
+
+    def same_job_teacher(e):
+        """The teacher's timing from the same evaluate job: the newest teacher efficiency run started before `e`
+        (the job times the teacher first, then each model in turn)."""
+        before = [r for r in teacher_effs if e is not None and r.info.start_time <= e.info.start_time]
+        return before[-1] if before else t_eff
+
+    def speed(model: str) -> list[str]:
+        e = store.get(F1_EVAL, model, "f1-efficiency")
+        te = same_job_teacher(e)
+        out = []
+        loaded = any(r is not None and r.data.params.get("info.contended") == "True" for r in (e, te))
+        for b in bss:
+            s, t = m(e, f"eff_query_encode_bs{b}_qps"), m(te, f"eff_query_encode_bs{b}_qps")
+            if s is not None and t is not None and loaded:
+                out.append("n/a†")  # one of the two timed while other processes used > 10% of the CPU
+            else:
+                out.append("–" if s is None or t is None else f"{s / t:.2f}×")
+        return out
+
+    lines = ["| row | layers kept (of 6) | SciFact nDCG@10 | % of teacher | q-enc speed-up bs1 / bs16 / bs64 | "
+             "q-enc queries/s bs1 (raw, see †) | DL'19 val nDCG@10 (end of training, BM25 top-10, 20 q) | train wall | re-run | MLflow eval run / train run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    e = store.get(F1_EVAL, "f1-teacher-minilm-l6", "f1-efficiency")
+    lines.append(f"| teacher all-MiniLM-L6-v2 | all 6 | {f4(t_ndcg)} | {'100%' if teacher else '–'} | "
+                 f"{'1.00× / 1.00× / 1.00×' if t_eff else '– / – / –'} | "
+                 f"{num(m(e, 'eff_query_encode_bs1_qps'), 0)} | – | – | "
+                 f"{cmd('f1/teacher')} | {rid(teacher)} / – |")
+    if teacher is None:
+        not_run.append("f1/teacher")
+    u = store.get(F1_EVAL, "f1-untrained-2l-top-bottom", "scifact-test")
+    ue = store.get(F1_EVAL, "f1-untrained-2l-top-bottom", "f1-efficiency")
+    if u is None:
+        not_run.append("f1/untrained-2l-top-bottom")
+    lines.append(f"| 2 layers top-bottom, **not distilled** | {{0, 5}} | {f4(m(u, 'ndcg_at_10'))} | "
+                 f"{pct(m(u, 'ndcg_at_10') / t_ndcg if u and t_ndcg else None)} | {' / '.join(speed('f1-untrained-2l-top-bottom'))} | "
+                 f"{num(m(ue, 'eff_query_encode_bs1_qps'), 0)} | – | – | "
+                 f"{cmd('f1/untrained-2l-top-bottom')} | {rid(u)} / – |")
+    stats: dict = {"teacher": t_ndcg}
+    for n in (1, 2, 3):
+        for scheme in ("top-bottom", "uniform", "bottom"):
+            seed_rows = [0, 1, 2] if (n, scheme) == (2, "top-bottom") else [0]
+            for seed in seed_rows:
+                if (n, scheme) == (1, "bottom"):
+                    lines.append(f"| 1 layer bottom | {{0}} | = 1 layer top-bottom (same layer {{0}}, same run) | | | | | | | |")
+                    continue
+                rowid = f"f1/{n}l-{scheme}-s{seed}"
+                model = f"f1-qenc-{n}l-{scheme}-s{seed}"
+                ev = store.get(F1_EVAL, model, "scifact-test")
+                ee = store.get(F1_EVAL, model, "f1-efficiency")
+                tr = store.train_run(F1_TRAIN, f"results-{model}")
+                nd = m(ev, "ndcg_at_10")
+                if ev is None:
+                    not_run.append(rowid)
+                ratio = nd / t_ndcg if nd is not None and t_ndcg else None
+                stats[(n, scheme, seed)] = (nd, ratio)
+                label = f"{n} layer{'s' if n > 1 else ''} {scheme}" + (f", seed {seed}" if seed_rows != [0] else "")
+                qps1 = m(ee, "eff_query_encode_bs1_qps")
+                lines.append(f"| {label} | {LAYERS[(n, scheme)]} | {f4(nd)} | {pct(ratio)} | {' / '.join(speed(model))} | "
+                             f"{'–' if qps1 is None else f'{qps1:.0f}'} | {f4(m(tr, 'val_ndcg_at_10'))} | {wall(tr)} | "
+                             f"{cmd(rowid)} | {rid(ev)} / {rid(tr)} |")
+    # reproducibility of the evaluation: models evaluated by more than one job
+    by_model: dict = {}
+    for r in store.all_runs(F1_EVAL):
+        if r.data.tags.get("kd.dataset") == "scifact-test" and "ndcg_at_10" in r.data.metrics:
+            by_model.setdefault(r.data.tags.get("kd.model"), []).append(r.data.metrics["ndcg_at_10"])
+    multi = {k: v for k, v in by_model.items() if len(v) > 1}
+    if multi:
+        stats["eval_repro"] = (len(multi), max(max(v) - min(v) for v in multi.values()))
+    heads = [stats.get((2, "top-bottom", s)) for s in (0, 1, 2)]
+    heads = [h for h in heads if h and h[0] is not None]
+    text = "\n".join(lines)
+    head = ""
+    if heads:
+        mn, sd = mean_std([h[0] for h in heads])
+        rm, rs = mean_std([h[1] for h in heads])
+        stats["headline"] = (mn, sd, rm, rs, len(heads))
+        verdict = ("**met**" if rm >= 0.95 else "**not met**")
+        head = (f"**Headline (2 layers top-bottom {{0, 5}}, {len(heads)} seeds): nDCG@10 {mn:.4f} ± {sd:.4f} "
+                f"(mean ± sample std), {100 * rm:.1f}% ± {100 * rs:.1f}% of the teacher's {t_ndcg:.4f}.** "
+                f"Goal ≥ 95% of the teacher: {verdict}. Paper (BERT-base teacher, 12 → 2 layers {{0, 11}}): SciFact "
+                f"91.6% (.557 / .608), 92.5% on average over BEIR.")
+        effs = [store.get(F1_EVAL, f"f1-qenc-2l-top-bottom-s{s}", "f1-efficiency") for s in (0, 1, 2)]
+        cont = [bool(r is not None and r.data.params.get("info.contended") == "True") for r in effs]
+        stats["contended_any"] = any(cont) or contended(store, F1_EVAL, "f1-teacher-minilm-l6", "f1-efficiency")
+    return text + ("\n\n" + head if head else ""), stats
+
+
+# ======================================================================================================== F3
+def finding3(store: Store, not_run: list[str]) -> tuple[str, dict]:
+    models = [("f3/teacher-6l", "f3-teacher-6l", "teacher, 6 layers (supervised RankNet)", "results-f3-teacher-tinybert-6l"),
+              ("f3/3l-standard-kd", "f3-3l-standard-kd", "student 3 layers, standard KD (0.5 soft + 0.5 hard)",
+               "results-f3-student-3l-standard-kd"),
+              ("f3/3l-simplified-tinybert", "f3-3l-simplified-tinybert",
+               "student 3 layers, Simplified TinyBERT (att + hid + soft + hard)", "results-f3-student-3l-simplified-tinybert")]
+    aggs = ["maxp", "firstp", "sump", "avgp", "top2"]
+    lines = ["| row | DL'19 BM25 top-20 re-rank nDCG@10 | SciFact doc MaxP | FirstP | SumP | AvgP | top-2 mean | "
+             "re-rank queries/s bs64 | train wall | re-run | MLflow eval runs (DL'19 / MaxP) / train run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    stats = {}
+    for rowid, model, label, run_name in models:
+        dl = store.get(F3_EVAL, model, "dl19-top20")
+        docs = {a: store.get(F3_EVAL, model, f"scifact-doc-{a}") for a in aggs}
+        eff = store.get(F3_EVAL, model, "f3-efficiency")
+        tr = store.train_run(F3_TRAIN, run_name)
+        if dl is None:
+            not_run.append(rowid)
+        stats[model] = {"dl19": m(dl, "ndcg_at_10"), **{a: m(docs[a], "ndcg_at_10") for a in aggs}}
+        q = m(eff, "eff_rerank_bs64_qps")
+        lines.append(f"| {label} | {f4(m(dl, 'ndcg_at_10'))} | " + " | ".join(f4(m(docs[a], 'ndcg_at_10')) for a in aggs)
+                     + f" | {'–' if q is None else f'{q:.2f}'} | {wall(tr)} | {cmd(rowid)} | "
+                       f"{rid(dl)} / {rid(docs['maxp'])} / {rid(tr)} |")
+    return "\n".join(lines), stats
+
+
+# ======================================================================================================== F2
+def finding2(store: Store, not_run: list[str]) -> tuple[str, dict]:
+    lines = ["| row | SciFact BM25 top-10 re-rank nDCG@10 | DL'19 BM25 top-20 re-rank nDCG@10 | re-rank queries/s bs64 | "
+             "train wall | re-run | MLflow eval runs (SciFact / DL'19) / train run |",
+             "|---|---|---|---|---|---|---|"]
+    stats = {}
+    b1 = store.get(F2_EVAL, "", "scifact-bm25")
+    b2 = store.get(F2_EVAL, "", "dl19-bm25")
+    lines.append(f"| BM25 (first stage) | {f4(m(b1, 'ndcg_at_10'))} | {f4(m(b2, 'ndcg_at_10'))} | – | – | "
+                 f"`python experiments/run.py eval f2` | {rid(b1)} / {rid(b2)} / – |")
+    for seed in (1, 2):
+        model = f"f2-teacher-bert-cat-s{seed}"
+        rowid = f"f2/teacher-s{seed}"
+        a, b = store.get(F2_EVAL, model, "scifact-bm25-top10"), store.get(F2_EVAL, model, "dl19-top20")
+        e = store.get(F2_EVAL, model, "f2-efficiency")
+        tr = store.train_run(F2_TRAIN, f"results-{model}")
+        if a is None:
+            not_run.append(rowid)
+        stats[model] = (m(a, "ndcg_at_10"), m(b, "ndcg_at_10"))
+        q = m(e, "eff_rerank_bs64_qps")
+        lines.append(f"| teacher BERT_CAT member s{seed}{' (= T1)' if seed == 1 else ''} | {f4(m(a, 'ndcg_at_10'))} | "
+                     f"{f4(m(b, 'ndcg_at_10'))} | {'–' if q is None else f'{q:.2f}'} | {wall(tr)} | {cmd(rowid)} | "
+                     f"{rid(a)} / {rid(b)} / {rid(tr)} |")
+    for arch in ("bert_cat", "bert_dot", "colbert", "prettr", "tk"):
+        s = arch.replace("_", "-")
+        for cond, what in (("nokd", "no teacher (RankNet)"), ("kd-t1", "Margin-MSE, T1"), ("kd-t2", "Margin-MSE, T2")):
+            model, rowid = f"f2-{s}-{cond}", f"f2/{s}-{cond}"
+            a, b = store.get(F2_EVAL, model, "scifact-bm25-top10"), store.get(F2_EVAL, model, "dl19-top20")
+            e = store.get(F2_EVAL, model, "f2-efficiency")
+            tr = store.train_run(F2_TRAIN, f"results-{model}")
+            if a is None:
+                not_run.append(rowid)
+                continue
+            stats[(arch, cond)] = (m(a, "ndcg_at_10"), m(b, "ndcg_at_10"))
+            q = m(e, "eff_rerank_bs64_qps")
+            lines.append(f"| {arch.upper()} — {what} | {f4(m(a, 'ndcg_at_10'))} | {f4(m(b, 'ndcg_at_10'))} | "
+                         f"{'–' if q is None else f'{q:.2f}'} | {wall(tr)} | {cmd(rowid)} | {rid(a)} / {rid(b)} / {rid(tr)} |")
+    return "\n".join(lines), stats
+
+
+def f2_verdicts(stats: dict) -> str:
+    out = []
+    for arch in ("bert_cat", "bert_dot", "colbert", "prettr", "tk"):
+        have = {c: stats.get((arch, c)) for c in ("nokd", "kd-t1", "kd-t2")}
+        if not all(have.values()):
+            continue
+        parts = []
+        for i, ds in enumerate(("SciFact", "DL'19")):
+            n, t1, t2 = (have[c][i] for c in ("nokd", "kd-t1", "kd-t2"))
+            parts.append(f"{ds}: KD > no-KD {'yes' if max(t1, t2) > n else 'no'} (T1 {t1 - n:+.4f}, T2 {t2 - n:+.4f}), "
+                         f"T2 ≥ T1 {'yes' if t2 >= t1 else 'no'}")
+        out.append(f"- {arch.upper()}: " + "; ".join(parts))
+    return "\n".join(out) if out else "- no architecture has all three conditions evaluated yet."
+
+
+# ======================================================================================================== plot
+def rerank_plot(store: Store, out: Path) -> str | None:
+    from kd.evaluation import plot_tradeoff
+
+    pts = []
+    for exp, prefix in ((F3_EVAL, "f3-"), (F2_EVAL, "f2-")):
+        for (model, ds), r in store.eval_runs(exp).items():
+            if not model.startswith(prefix) or ds != "dl19-top20":
+                continue
+            x, y = m(r, "eff_rerank_bs64_qps"), m(r, "ndcg_at_10")
+            if x is None or y is None:
+                continue
+            pts.append({"label": model, "x": x, "y": y, "contended": contended(store, exp, model, f"{prefix}efficiency")})
+    if not pts:
+        return None
+    plot_tradeoff(pts, out, xlabel="re-ranking queries/s (100 candidates, batch 64, CPU bf16)",
+                  ylabel="nDCG@10 (DL'19, BM25 top-20 re-ranked)",
+                  title="Re-rankers of findings 2 and 3 (CPU, 2 cores)")
+    return str(out.relative_to(REPO))
+
+
+# ======================================================================================================== page
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tracking-uri", default=driver.TRACKING_URI)
+    ap.add_argument("--out", default=str(REPO / "docs" / "RESULTS.md"))
+    args = ap.parse_args()
+    store = Store(args.tracking_uri)
+    not_run: list[str] = []
+    t1, s1 = finding1(store, not_run)
+    t3, s3 = finding3(store, not_run)
+    t2, s2 = finding2(store, not_run)
+    outputs = {"data/triples": "outputs/experiments/scifact/triples.train.n1.tsv",
+               "data/bm25-test": "outputs/experiments/scifact/bm25.test.top100.trec",
+               "f2/score-t1": "outputs/experiments/scifact/teacher_scores_t1/teacher_scores.tsv",
+               "f2/score-t2": "outputs/experiments/scifact/teacher_scores_t2/teacher_scores.tsv"}
+    missing_steps = [r for r, f in outputs.items() if not (REPO / f).is_file()]
+    not_run[:] = [r for r in missing_steps if r.startswith("data/")] + not_run + \
+        [r for r in missing_steps if not r.startswith("data/")]
+    fig2 = rerank_plot(store, REPO / "docs" / "results_rerankers_efficiency_effectiveness.png")
+    fig1 = (REPO / "docs" / "results_f1_efficiency_effectiveness.png").is_file()
+
+    page = TEMPLATE.read_text() if (TEMPLATE := REPO / "experiments" / "RESULTS.template.md").is_file() else ""
+    f1_h = s1.get("headline")
+    values = {
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "tracking_uri": "sqlite:///outputs/experiments/mlflow.db",
+        "table_f1": t1, "table_f2": t2, "table_f3": t3,
+        "f2_verdicts": f2_verdicts(s2),
+        "f3_verdicts": f3_verdicts(s3),
+        "f1_verdict": f1_verdict(s1),
+        "fig_f1": ("![finding 1: efficiency vs effectiveness](results_f1_efficiency_effectiveness.png)" if fig1
+                   else "_(not drawn yet: `python experiments/run.py eval f1`)_"),
+        "fig_rerank": (f"![re-rankers: efficiency vs effectiveness](results_rerankers_efficiency_effectiveness.png)"
+                       if fig2 else "_(no re-ranker evaluated yet)_"),
+        "not_run": not_run_section(not_run),
+        "f3_status": status("f3", not_run), "f2_status": status("f2", not_run),
+    }
+    for k, v in values.items():
+        page = page.replace("{{" + k + "}}", str(v))
+    Path(args.out).write_text(page)
+    print(f"wrote {args.out} ({len(not_run)} rows not run yet)")
+
+
+def f1_verdict(s1: dict) -> str:
+    h = s1.get("headline")
+    out = []
+    if h:
+        mn, sd, rm, rs, n = h
+        out.append(f"- 2-layer top-bottom keeps {100 * rm:.1f}% ± {100 * rs:.1f}% of the teacher over {n} seeds "
+                   f"(goal ≥ 95%: {'met' if rm >= 0.95 else 'not met'}; paper 91.6% on SciFact, 92.5% BEIR average).")
+    for n in (1, 2, 3):
+        row = {s: s1.get((n, s, 0)) for s in ("top-bottom", "uniform", "bottom")}
+        have = {s: v[0] for s, v in row.items() if v and v[0] is not None}
+        if n == 1 and "top-bottom" in have:
+            have["bottom"] = have["top-bottom"]
+        if len(have) == 3:
+            order = sorted(have, key=have.get, reverse=True)
+            out.append(f"- {n} layer{'s' if n > 1 else ''}, seed 0{' (bottom = top-bottom: both keep layer {0})' if n == 1 else ''}: " + " > ".join(f"{s} {have[s]:.4f}" for s in order)
+                       + (" — top-bottom best, as in the paper" if order[0] == "top-bottom" else
+                          " — top-bottom is *not* the best here (paper: top-bottom > uniform > bottom)")
+                       + (f"; the spread ({max(have.values()) - min(have.values()):.4f}) is within one seed std of the "
+                          f"2-layer headline ({h[1]:.4f})" if h and not math.isnan(h[1])
+                          and max(have.values()) - min(have.values()) <= h[1] else ""))
+    if s1.get("eval_repro"):
+        k, d = s1["eval_repro"]
+        out.append(f"- Re-running the evaluation: {k} models were evaluated by two separate `jobs.evaluate` runs; the "
+                   f"largest difference in SciFact nDCG@10 between them is {d:.4f} (MLflow keeps both runs; the "
+                   "table shows the newest).")
+    if s1.get("contended_any"):
+        out.append("- † Speed-up not reported: the student's or the teacher's query-encoding timing was taken while "
+                   "other processes used more than 10% of the CPU (the evaluate job measures and flags this: MLflow "
+                   "params `info.contended`, `info.other_processes_cpu_share`). The raw queries/s stay in the table "
+                   "and in MLflow, but a ratio of a loaded and an unloaded timing means nothing. Re-run "
+                   "`python experiments/run.py eval f1` on a quiet machine to fill these cells.")
+    return "\n".join(out) if out else "- not run yet."
+
+
+def f3_verdicts(s3: dict) -> str:
+    std, simp, t = s3.get("f3-3l-standard-kd"), s3.get("f3-3l-simplified-tinybert"), s3.get("f3-teacher-6l")
+    out = []
+    if std and simp and std.get("dl19") is not None and simp.get("dl19") is not None:
+        for key, what in (("dl19", "DL'19 passage re-ranking"), ("maxp", "SciFact documents, MaxP"),
+                          ("firstp", "SciFact documents, FirstP")):
+            a, b = std.get(key), simp.get(key)
+            if a is None or b is None:
+                continue
+            out.append(f"- {what}: Simplified TinyBERT {b:.4f} vs standard KD {a:.4f} "
+                       f"({'Simplified TinyBERT better' if b > a else 'standard KD better or equal'}, {b - a:+.4f})"
+                       + (f"; teacher {t[key]:.4f}" if t and t.get(key) is not None else ""))
+    for name, v in (("teacher", t), ("standard KD", std), ("Simplified TinyBERT", simp)):
+        if v and v.get("maxp") is not None and v.get("firstp") is not None:
+            out.append(f"- {name}: MaxP {v['maxp']:.4f} vs FirstP {v['firstp']:.4f} "
+                       f"({'MaxP better' if v['maxp'] > v['firstp'] else 'FirstP better or equal'})")
+    return "\n".join(out) if out else "- not run yet."
+
+
+def status(table: str, not_run: list[str]) -> str:
+    rows = [r for r in driver.ROWS.values() if r.table == table and r.eval_model]
+    missing = [r for r in rows if r.id in not_run]
+    if not missing:
+        return ""
+    if len(missing) == len(rows):
+        return ("**Not run yet: no row of this table has runs in the MLflow store, so it shows no numbers.** In this "
+                "session the 2 shared CPU cores were oversubscribed by other sessions' tests and benchmarks while finding 1 "
+                "trained), and finding 1 — the priority — used the whole time budget. Every config and command is ready "
+                "(see *Not run yet* below; `python experiments/run.py table data` first, then "
+                f"`python experiments/run.py table {table}`).")
+    return (f"**Partly run: {len(missing)} of {len(rows)} rows have no runs yet** (listed under *Not run yet* with their "
+            "commands); their cells are empty.")
+
+
+def not_run_section(rows: list[str]) -> str:
+    if not rows:
+        return "Every row above has its runs."
+    out = ["| row | command(s) it runs |", "|---|---|"]
+    for r in rows:
+        row = driver.ROWS[r]
+        cmds = "<br>".join(f"`{driver.show(a)}`" for a in row.train) or "(evaluation only)"
+        ev = f"<br>then the evaluation: model `{row.eval_model}` of `{driver.EVAL_CONFIGS[row.table]}`" if row.eval_model else ""
+        needs = f"<br>needs first: {', '.join(row.needs)}" if row.needs else ""
+        out.append(f"| `{r}` | {cmds}{ev}{needs} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
