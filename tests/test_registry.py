@@ -91,7 +91,11 @@ def test_load_by_alias_version_latest_run_and_folder(registry, folders, sample_r
     assert v2.version == "2"
     np.testing.assert_array_equal(v2.rerank(q, p), _reference(folders / "dot2", q, p))
     assert kd.load(f"models:/{DOT}/latest", tracking_uri=uri, cache_dir=tmp_path).version == "2"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the usual way: the environment names the server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the usual way: the environment names the server ...
+    # ... unless this process called mlflow.set_tracking_uri before (other tests in the session do): clear that
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
     by_run = kd.load(f"runs:/{registry['runs']['dot']}/model", cache_dir=tmp_path)
     np.testing.assert_array_equal(by_run.rerank(q, p), champion.rerank(q, p))
     local = kd.load(str(folders / "dot"))
