@@ -47,6 +47,8 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from _common import cpu_model, default_data_dir, quiet_hf  # noqa: E402
 
 TARGETS = {"cpu_speedup_min": 1.0, "gpu_speedup_min": 1.5, "parse_lines_per_s_min": 1_000_000}
 H100_SXM_BF16_DENSE_TFLOPS = 989.0
@@ -54,36 +56,6 @@ RUN_ORDER = ("BM25", "BM25_RM3", "D_BERT_KD_TASB", "SPLADE_P_P_ENSEMBLE_DISTIL",
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
-def _quiet_hf() -> None:
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
-    except Exception:  # pragma: no cover
-        pass
-
-
-def _default_data_dir() -> Path:
-    for cand in (ROOT.parent / "shared" / "data", Path("/work/shared/data")):
-        if (cand / "trec-dl-2019").is_dir():
-            return cand
-    return ROOT.parent / "shared" / "data"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _git_state() -> dict:
     def git(*args):
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -102,7 +74,7 @@ def machine_info(device: torch.device) -> dict:
         "hostname": platform.node(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch": torch.__version__,
@@ -113,7 +85,7 @@ def machine_info(device: torch.device) -> dict:
         "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM"),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "device": str(device),
-        "device_name": _cpu_model(),
+        "device_name": cpu_model(),
         "git": _git_state(),
     }
     if device.type == "cuda":
@@ -595,7 +567,7 @@ def parse_args(argv=None):
     args.precision = args.precision or ("autocast-bf16" if gpu else "fp32")
     if gpu and args.peak_tflops is None:
         args.peak_tflops = H100_SXM_BF16_DENSE_TFLOPS
-    args.data_dir = args.data_dir or _default_data_dir()
+    args.data_dir = args.data_dir or default_data_dir("trec-dl-2019")
     args.out = args.out or (ROOT / "bench" / "results" / f"scoring-{args.device}.json")
     return args
 
@@ -605,7 +577,7 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch.cuda.is_available() is False")
     device = torch.device(args.device)
-    _quiet_hf()
+    quiet_hf()
     t_start = time.perf_counter()
     report = {
         "benchmark": "bench/scoring.py",

@@ -65,6 +65,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # both sides (inherite
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from _common import cpu_model, default_data_dir, quiet_hf  # noqa: E402
 
 TARGETS = {"cpu_speedup_min": 1.0, "gpu_speedup_min": 1.3}
 CONTENDED_SHARE = 0.10
@@ -72,23 +74,6 @@ WORKER_MATCH = "RayTrainWorker"
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
-def _default_data_dir() -> Path:
-    for cand in (ROOT.parent / "shared" / "data", Path("/work/shared/data")):
-        if (cand / "beir" / "scifact").is_dir():
-            return cand
-    return ROOT.parent / "shared" / "data"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _git_state() -> dict:
     def git(*args):
         try:
@@ -137,19 +122,6 @@ def _rate_summary(n_per_step: list[int], seconds: list[float]) -> dict:
     }
 
 
-def _quiet_hf() -> None:
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
-    except Exception:  # pragma: no cover
-        pass
-
-
 def machine_info(device: str) -> dict:
     import deepspeed
     import mlflow
@@ -161,7 +133,7 @@ def machine_info(device: str) -> dict:
 
     info = {
         "hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-        "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "load_average_at_start": list(os.getloadavg()),
@@ -673,7 +645,7 @@ def parse_args(argv=None):
         args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
         if args.device == "cpu" and args.precision != "fp32":
             ap.error("CPU training is fp32 in kd (training.bf16 only applies on GPU)")
-        args.data_dir = args.data_dir or str(_default_data_dir())
+        args.data_dir = args.data_dir or str(default_data_dir("beir/scifact"))
         args.out = args.out or str(ROOT / "bench" / "results" / f"training-{args.device}.json")
     return args
 
@@ -689,7 +661,7 @@ def main(argv=None) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    _quiet_hf()
+    quiet_hf()
     import torch
 
     from kd.config import DistillConfig

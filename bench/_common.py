@@ -1,0 +1,39 @@
+"""Helpers the benchmark scripts share (imported as `_common`: scripts run as `python bench/<name>.py`)."""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quiet_hf() -> None:
+    """No transformers / huggingface_hub logging or progress bars inside timed code."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except Exception:  # pragma: no cover
+        pass
+
+
+def default_data_dir(marker: str) -> Path:
+    """../shared/data beside the project (or /work/shared/data) when it holds `marker`, e.g. "trec-dl-2019"."""
+    for cand in (ROOT.parent / "shared" / "data", Path("/work/shared/data")):
+        if (cand / marker).is_dir():
+            return cand
+    return ROOT.parent / "shared" / "data"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
