@@ -339,23 +339,28 @@ def run_peer(args, examples, batches: list[list[int]], threads: int | None) -> d
             if i >= args.warmup:
                 seconds.append(time.perf_counter() - t0)
                 n_steps.append(len(idx))
-        stat1, cpu1 = proc_stat(), time.process_time()
-        out = {
-            "torch_num_threads": torch.get_num_threads(),
-            **_rate_summary(n_steps, seconds),
-            "warmup_steps": args.warmup,
-            "step_seconds": [round(s, 4) for s in seconds],
-            "padded_tokens_per_triple": tokens["padded"] / max(sum(n_steps), 1),
-            "real_tokens_per_triple": tokens["real"] / max(sum(n_steps), 1),
-            "process_cpu_s": round(cpu1 - cpu0, 3) if cpu0 is not None else None,
-            **other_load(stat0, stat1, (cpu1 - cpu0) if cpu0 is not None else None),
-        }
-        if out["process_cpu_s"] and out["timed_seconds"]:
-            out["cores_used"] = round(out["process_cpu_s"] / out["timed_seconds"], 3)
+        out = _timed_summary(args, n_steps, seconds, stat0, cpu0,
+                             padded_tokens_per_triple=tokens["padded"] / max(sum(n_steps), 1),
+                             real_tokens_per_triple=tokens["real"] / max(sum(n_steps), 1))
         del model, loss_fn, opt
         return out
     finally:
         torch.set_num_threads(before)
+
+
+def _timed_summary(args, n_steps: list[int], seconds: list[float], stat0, cpu0, **extra) -> dict:
+    """The row fields every in-process timing loop reports, from its per-step counts and seconds and the
+    /proc/stat + process-CPU readings taken when the timed steps began (now is their end)."""
+    import torch
+
+    stat1, cpu1 = proc_stat(), time.process_time()
+    out = {"torch_num_threads": torch.get_num_threads(), **_rate_summary(n_steps, seconds),
+           "warmup_steps": args.warmup, "step_seconds": [round(x, 4) for x in seconds], **extra,
+           "process_cpu_s": round(cpu1 - cpu0, 3) if cpu0 is not None else None,
+           **other_load(stat0, stat1, (cpu1 - cpu0) if cpu0 is not None else None)}
+    if out["process_cpu_s"] and out["timed_seconds"]:
+        out["cores_used"] = round(out["process_cpu_s"] / out["timed_seconds"], 3)
+    return out
 
 
 def run_kd_step(args, cfg, examples, batches: list[list[int]]) -> dict:
@@ -391,14 +396,7 @@ def run_kd_step(args, cfg, examples, batches: list[list[int]]) -> dict:
         if i >= args.warmup:
             seconds.append(time.perf_counter() - t0)
             n_steps.append(len(idx))
-    stat1, cpu1 = proc_stat(), time.process_time()
-    out = {"torch_num_threads": torch.get_num_threads(), **_rate_summary(n_steps, seconds),
-           "warmup_steps": args.warmup, "step_seconds": [round(x, 4) for x in seconds],
-           "process_cpu_s": round(cpu1 - cpu0, 3) if cpu0 is not None else None,
-           **other_load(stat0, stat1, (cpu1 - cpu0) if cpu0 is not None else None)}
-    if out["process_cpu_s"] and out["timed_seconds"]:
-        out["cores_used"] = round(out["process_cpu_s"] / out["timed_seconds"], 3)
-    return out
+    return _timed_summary(args, n_steps, seconds, stat0, cpu0)
 
 
 def run_kd_step_deepspeed(args, cfg, examples, batches: list[list[int]]) -> dict:
@@ -461,15 +459,9 @@ def _kd_step_deepspeed(args, cfg, examples, batches: list[list[int]]) -> dict:
             parts["forward"] += t1 - t0
             parts["backward"] += t2 - t1
             parts["step"] += t3 - t2
-    stat1, cpu1 = proc_stat(), time.process_time()
-    out = {"torch_num_threads": torch.get_num_threads(), **_rate_summary(n_steps, seconds),
-           "warmup_steps": args.warmup, "step_seconds": [round(x, 4) for x in seconds],
-           "mean_seconds": {k: round(v / max(len(seconds), 1), 4) for k, v in parts.items()},
-           "zero_stage": zero_stage(cfg),
-           "process_cpu_s": round(cpu1 - cpu0, 3) if cpu0 is not None else None,
-           **other_load(stat0, stat1, (cpu1 - cpu0) if cpu0 is not None else None)}
-    if out["process_cpu_s"] and out["timed_seconds"]:
-        out["cores_used"] = round(out["process_cpu_s"] / out["timed_seconds"], 3)
+    out = _timed_summary(args, n_steps, seconds, stat0, cpu0,
+                         mean_seconds={k: round(v / max(len(seconds), 1), 4) for k, v in parts.items()},
+                         zero_stage=zero_stage(cfg))
     del engine
     return out
 
