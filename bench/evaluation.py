@@ -23,6 +23,11 @@ top-bottom subset {0, 5} (kd.init.layer_subset_student), query encoding and re-r
 after warm-up, on TREC DL'19 queries and their BM25 top-100 passages; plus each model's nDCG@10 re-ranking that
 run, so speed sits beside effectiveness.
 
+`dense.work` counts the forward FLOPs of the encoding both sides did (corpus + queries, truncated at the model's max
+length, padding not counted; 2·non-embedding params·L + 4·layers·L²·hidden per text) and each row's achieved
+TFLOP/s; with --peak-tflops (the device's dense peak at the timed precision) also the utilisation and the ceiling
+on any like-for-like speed-up over BEIR: peak / BEIR's achieved rate.
+
 Every number in the JSON comes from the run; only the targets are constants.
 """
 from __future__ import annotations
@@ -93,7 +98,23 @@ def subset_beir(src: Path, max_docs: int, dst: Path) -> Path:
     return dst
 
 
-def bench_dense(beir: Path, model_path: str, batch_size: int, device: str, ours_bf16: bool) -> dict:
+def encoder_flops(model_path: str, texts: list[str], max_length: int) -> dict:
+    """Forward FLOPs of encoding `texts` (each truncated to max_length, no padding counted): per text
+    2·P·L (P = non-embedding parameters) + 4·layers·L²·hidden (attention scores and their weighted sum)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    lengths = np.array([len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]],
+                       dtype=np.float64)
+    body = AutoModel.from_pretrained(model_path)
+    cfg = AutoConfig.from_pretrained(model_path)
+    params = sum(p.numel() for n, p in body.named_parameters() if not n.startswith("embeddings."))
+    flops = float((2 * params * lengths + 4 * cfg.num_hidden_layers * lengths ** 2 * cfg.hidden_size).sum())
+    return {"texts": len(texts), "tokens": int(lengths.sum()), "non_embedding_params": params, "tflop": flops / 1e12}
+
+
+def bench_dense(beir: Path, model_path: str, batch_size: int, device: str, ours_bf16: bool,
+                peak_tflops: float | None = None) -> dict:
     from beir.retrieval import models as beir_models
     from beir.retrieval.evaluation import EvaluateRetrieval
     from beir.retrieval.search.dense import DenseRetrievalExactSearch
@@ -132,8 +153,20 @@ def bench_dense(beir: Path, model_path: str, batch_size: int, device: str, ours_
             "seconds": bf_t.seconds, "other_processes_cpu_share": bf_t.other_share, "ndcg@10": bf.metrics["ndcg@10"],
             "recall@100": bf.metrics["recall@100"], "speedup_vs_peer_fp32": peer_t.seconds / bf_t.seconds,
             "note": "compute.precision=bf16: autocast on CPU; not like-for-like with the fp32 peer"}
+    # the work both sides did: corpus + queries, truncated as each model truncates (same max length on both)
+    max_len = model.options["max_passage_length"]
+    work = encoder_flops(model_path, [f"{d.get('title', '')} {d['text']}".strip() for d in corpus.values()]
+                         + list(queries.values()), max_len)
+    rates = {"ours": work["tflop"] / ours_t.seconds, "peer": work["tflop"] / peer_t.seconds}
+    if "ours_cpu_bf16" in extra:
+        rates["ours_cpu_bf16"] = work["tflop"] / extra["ours_cpu_bf16"]["seconds"]
+    work["achieved_tflops"] = rates
+    if peak_tflops:
+        work["peak_tflops"] = peak_tflops
+        work["utilisation"] = {k: v / peak_tflops for k, v in rates.items()}
+        work["speedup_ceiling_vs_peer"] = peak_tflops / rates["peer"]  # at 100% of peak, no FLOP saved
     return {
-        "corpus_docs": len(corpus), "queries": len(queries), "batch_size": batch_size,
+        "corpus_docs": len(corpus), "queries": len(queries), "batch_size": batch_size, "work": work,
         "ours": {"seconds": ours_t.seconds, "own_cpu_seconds": ours_t.own_cpu_seconds,
                  "other_processes_cpu_share": ours_t.other_share, "ndcg@10": ours.metrics["ndcg@10"],
                  "recall@100": ours.metrics["recall@100"], "seconds_corpus": ours.info["seconds_corpus"],
@@ -199,6 +232,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-bf16", action="store_true", help="skip the extra CPU bf16-autocast run of ours")
     ap.add_argument("--skip-efficiency", action="store_true")
     ap.add_argument("--skip-ndcg", action="store_true", help="efficiency part: no DL'19 re-ranking nDCG@10")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the device's peak dense TFLOP/s at the timed precision (fp32 here): adds utilisation and "
+                         "the speed-up ceiling over BEIR (peak / BEIR's achieved rate) to the JSON")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -218,8 +254,14 @@ def main(argv=None) -> int:
         scifact = args.data_dir / "beir" / "scifact"
         if args.max_docs:
             scifact = subset_beir(scifact, args.max_docs, Path(tempfile.mkdtemp(prefix="kd-bench-scifact-")))
-        result["dense"] = bench_dense(scifact, model_path, args.batch_size, args.device, not args.no_bf16)
+        result["dense"] = bench_dense(scifact, model_path, args.batch_size, args.device, not args.no_bf16,
+                                      args.peak_tflops)
         d = result["dense"]
+        w = d["work"]
+        print(f"dense work: {w['tokens']} tokens, {w['tflop']:.2f} TFLOP; achieved "
+              + ", ".join(f"{k} {v * 1e3:.0f} GFLOP/s" for k, v in w["achieved_tflops"].items())
+              + (f"; ceiling over BEIR at peak {w['speedup_ceiling_vs_peer']:.2f}x" if "peak_tflops" in w else ""),
+              flush=True)
         print(f"dense: ours {d['ours']['seconds']:.1f}s nDCG@10 {d['ours']['ndcg@10']:.4f} | "
               f"BEIR {d['peer']['seconds']:.1f}s nDCG@10 {d['peer']['ndcg@10']:.4f} | speedup {d['speedup']:.2f}x", flush=True)
         if "ours_cpu_bf16" in d:

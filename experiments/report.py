@@ -141,7 +141,12 @@ def finding1(store: Store, not_run: list[str]) -> tuple[str, dict]:
                 out.append("n/a†")  # one of the two timed while other processes used > 10% of the CPU
             else:
                 out.append("–" if s is None or t is None else f"{s / t:.2f}×")
+                if s is not None and t is not None and model.startswith("f1-qenc-"):
+                    depth = int(model.split("-")[2][0])
+                    speeds.setdefault((depth, b), []).append(s / t)
         return out
+
+    speeds: dict[tuple[int, int], list[float]] = {}
 
     lines = ["| row | layers kept (of 6) | SciFact nDCG@10 | % of teacher | q-enc speed-up bs1 / bs16 / bs64 | "
              "q-enc queries/s bs1 (raw, see †) | DL'19 val nDCG@10 (end of training, BM25 top-10, 20 q) | train wall | re-run | MLflow eval run / train run |",
@@ -192,6 +197,7 @@ def finding1(store: Store, not_run: list[str]) -> tuple[str, dict]:
     multi = {k: v for k, v in by_model.items() if len(v) > 1}
     if multi:
         stats["eval_repro"] = (len(multi), max(max(v) - min(v) for v in multi.values()))
+    stats["speeds"] = speeds
     heads = [stats.get((2, "top-bottom", s)) for s in (0, 1, 2)]
     heads = [h for h in heads if h and h[0] is not None]
     text = "\n".join(lines)
@@ -218,6 +224,10 @@ def finding3(store: Store, not_run: list[str]) -> tuple[str, dict]:
                "results-f3-student-3l-standard-kd"),
               ("f3/3l-simplified-tinybert", "f3-3l-simplified-tinybert",
                "student 3 layers, Simplified TinyBERT (att + hid + soft + hard)", "results-f3-student-3l-simplified-tinybert")]
+    for seed in (1, 2):
+        for short, what in (("standard-kd", "standard KD"), ("simplified-tinybert", "Simplified TinyBERT")):
+            models.append((f"f3/3l-{short}-s{seed}", f"f3-3l-{short}-s{seed}", f"student 3 layers, {what}, seed {seed}",
+                           f"results-f3-student-3l-{short}-s{seed}"))
     aggs = ["maxp", "firstp", "sump", "avgp", "top2"]
     lines = ["| row | DL'19 BM25 top-20 re-rank nDCG@10 | SciFact doc MaxP | FirstP | SumP | AvgP | top-2 mean | "
              "re-rank queries/s bs64 | train wall | re-run | MLflow eval runs (DL'19 / MaxP) / train run |",
@@ -235,7 +245,21 @@ def finding3(store: Store, not_run: list[str]) -> tuple[str, dict]:
         lines.append(f"| {label} | {f4(m(dl, 'ndcg_at_10'))} | " + " | ".join(f4(m(docs[a], 'ndcg_at_10')) for a in aggs)
                      + f" | {'–' if q is None else f'{q:.2f}'} | {wall(tr)} | {cmd(rowid)} | "
                        f"{rid(dl)} / {rid(docs['maxp'])} / {rid(tr)} |")
-    return "\n".join(lines), stats
+    heads = []
+    for short, what in (("standard-kd", "standard KD"), ("simplified-tinybert", "Simplified TinyBERT")):
+        seeds = [stats.get(f"f3-3l-{short}{sfx}") for sfx in ("", "-s1", "-s2")]
+        seeds = [v for v in seeds if v and v.get("dl19") is not None]
+        if len(seeds) < 2:
+            continue
+        cells = []
+        for key, label in (("dl19", "DL'19 nDCG@10"), ("maxp", "SciFact MaxP"), ("firstp", "SciFact FirstP")):
+            xs = [v[key] for v in seeds if v.get(key) is not None]
+            if len(xs) == len(seeds):
+                mn, sd = mean_std(xs)
+                stats.setdefault("mean", {}).setdefault(short, {})[key] = (mn, sd, len(xs))
+                cells.append(f"{label} {mn:.4f} ± {sd:.4f}")
+        heads.append(f"**{what}, {len(seeds)} seeds (mean ± sample std):** " + ", ".join(cells) + ".")
+    return "\n".join(lines) + ("\n\n" + "<br>\n".join(heads) if heads else ""), stats
 
 
 # ======================================================================================================== F2
@@ -275,7 +299,30 @@ def finding2(store: Store, not_run: list[str]) -> tuple[str, dict]:
             q = m(e, "eff_rerank_bs64_qps")
             lines.append(f"| {arch.upper()} — {what} | {f4(m(a, 'ndcg_at_10'))} | {f4(m(b, 'ndcg_at_10'))} | "
                          f"{'–' if q is None else f'{q:.2f}'} | {wall(tr)} | {cmd(rowid)} | {rid(a)} / {rid(b)} / {rid(tr)} |")
-    return "\n".join(lines), stats
+    for seed in (1, 2):
+        for cond, what in (("nokd", "no teacher (RankNet)"), ("kd-t1", "Margin-MSE, T1"), ("kd-t2", "Margin-MSE, T2")):
+            model, rowid = f"f2-bert-dot-{cond}-s{seed}", f"f2/bert-dot-{cond}-s{seed}"
+            a, b = store.get(F2_EVAL, model, "scifact-bm25-top10"), store.get(F2_EVAL, model, "dl19-top20")
+            e = store.get(F2_EVAL, model, "f2-efficiency")
+            tr = store.train_run(F2_TRAIN, f"results-{model}")
+            if a is None:
+                not_run.append(rowid)
+                continue
+            stats[("bert_dot", cond, seed)] = (m(a, "ndcg_at_10"), m(b, "ndcg_at_10"))
+            q = m(e, "eff_rerank_bs64_qps")
+            lines.append(f"| BERT_DOT — {what}, seed {seed} | {f4(m(a, 'ndcg_at_10'))} | {f4(m(b, 'ndcg_at_10'))} | "
+                         f"{'–' if q is None else f'{q:.2f}'} | {wall(tr)} | {cmd(rowid)} | {rid(a)} / {rid(b)} / {rid(tr)} |")
+    heads = []
+    for cond, what in (("nokd", "no teacher"), ("kd-t1", "Margin-MSE T1"), ("kd-t2", "Margin-MSE T2")):
+        seeds = [stats.get(("bert_dot", cond))] + [stats.get(("bert_dot", cond, sd)) for sd in (1, 2)]
+        seeds = [v for v in seeds if v and v[0] is not None and v[1] is not None]
+        if len(seeds) < 2:
+            continue
+        (sm, ss), (dm, ds) = mean_std([v[0] for v in seeds]), mean_std([v[1] for v in seeds])
+        stats.setdefault("bert_dot_mean", {})[cond] = ((sm, ss), (dm, ds), len(seeds))
+        heads.append(f"**BERT_DOT, {what}, {len(seeds)} seeds (mean ± sample std):** SciFact {sm:.4f} ± {ss:.4f}, "
+                     f"DL'19 {dm:.4f} ± {ds:.4f}.")
+    return "\n".join(lines) + ("\n\n" + "<br>\n".join(heads) if heads else ""), stats
 
 
 def f2_verdicts(stats: dict) -> str:
@@ -289,7 +336,18 @@ def f2_verdicts(stats: dict) -> str:
             n, t1, t2 = (have[c][i] for c in ("nokd", "kd-t1", "kd-t2"))
             parts.append(f"{ds}: KD > no-KD {'yes' if max(t1, t2) > n else 'no'} (T1 {t1 - n:+.4f}, T2 {t2 - n:+.4f}), "
                          f"T2 ≥ T1 {'yes' if t2 >= t1 else 'no'}")
-        out.append(f"- {arch.upper()}: " + "; ".join(parts))
+        out.append(f"- {arch.upper()} (seed 0): " + "; ".join(parts))
+    means = stats.get("bert_dot_mean", {})
+    if all(c in means for c in ("nokd", "kd-t1", "kd-t2")):
+        parts = []
+        for i, ds in enumerate(("SciFact", "DL'19")):
+            (n, ns), (t1, s1), (t2, s2) = (means[c][i] for c in ("nokd", "kd-t1", "kd-t2"))
+            noise = max(ns, s1, s2)
+            parts.append(f"{ds}: T1 − no-KD {t1 - n:+.4f}, T2 − no-KD {t2 - n:+.4f}, T2 − T1 {t2 - t1:+.4f} (largest "
+                         f"seed std {noise:.4f}: KD > no-KD {'beyond' if min(t1, t2) - n > noise else 'not beyond'} "
+                         f"seed noise; T2 ≥ T1 {'yes' if t2 >= t1 else 'no'})")
+        k = min(v[2] for v in means.values())
+        out.append(f"- **BERT_DOT, mean of {k} seeds (headline)**: " + "; ".join(parts))
     return "\n".join(out) if out else "- no architecture has all three conditions evaluated yet."
 
 
@@ -377,6 +435,16 @@ def f1_verdict(s1: dict) -> str:
                        + (f"; the spread ({max(have.values()) - min(have.values()):.4f}) is within one seed std of the "
                           f"2-layer headline ({h[1]:.4f})" if h and not math.isnan(h[1])
                           and max(have.values()) - min(have.values()) <= h[1] else ""))
+    sp = s1.get("speeds") or {}
+    if sp:
+        parts = []
+        for n in (1, 2, 3):
+            cells = [f"bs{b} {min(sp[(n, b)]):.2f}–{max(sp[(n, b)]):.2f}×" for b in (1, 16, 64) if sp.get((n, b))]
+            if cells:
+                parts.append(f"{n} layer{'s' if n > 1 else ''} ({len(sp.get((n, 64), []))} students): " + ", ".join(cells))
+        out.append("- Query-encoding speed-up over the teacher (same job, uncontended timings only), range over the "
+                   "distilled students of each depth: " + "; ".join(parts) + ". Students of one depth have identical "
+                   "shapes, so the spread within a depth is timing noise of the 2-core VM, not a model difference.")
     if s1.get("eval_repro"):
         k, d = s1["eval_repro"]
         out.append(f"- Re-running the evaluation: {k} models were evaluated by two separate `jobs.evaluate` runs; the "
@@ -394,13 +462,24 @@ def f1_verdict(s1: dict) -> str:
 def f3_verdicts(s3: dict) -> str:
     std, simp, t = s3.get("f3-3l-standard-kd"), s3.get("f3-3l-simplified-tinybert"), s3.get("f3-teacher-6l")
     out = []
+    means = s3.get("mean", {})
+    if "standard-kd" in means and "simplified-tinybert" in means:
+        for key, what in (("dl19", "DL'19 passage re-ranking"), ("maxp", "SciFact documents, MaxP"),
+                          ("firstp", "SciFact documents, FirstP")):
+            a, b = means["standard-kd"].get(key), means["simplified-tinybert"].get(key)
+            if a is None or b is None:
+                continue
+            noise = max(a[1], b[1])
+            out.append(f"- **{what}, mean of {min(a[2], b[2])} seeds (headline)**: Simplified TinyBERT {b[0]:.4f} vs "
+                       f"standard KD {a[0]:.4f} ({b[0] - a[0]:+.4f}; largest seed std {noise:.4f}: "
+                       f"{'beyond' if abs(b[0] - a[0]) > noise else 'within'} seed noise)")
     if std and simp and std.get("dl19") is not None and simp.get("dl19") is not None:
         for key, what in (("dl19", "DL'19 passage re-ranking"), ("maxp", "SciFact documents, MaxP"),
                           ("firstp", "SciFact documents, FirstP")):
             a, b = std.get(key), simp.get(key)
             if a is None or b is None:
                 continue
-            out.append(f"- {what}: Simplified TinyBERT {b:.4f} vs standard KD {a:.4f} "
+            out.append(f"- {what}, seed 0: Simplified TinyBERT {b:.4f} vs standard KD {a:.4f} "
                        f"({'Simplified TinyBERT better' if b > a else 'standard KD better or equal'}, {b - a:+.4f})"
                        + (f"; teacher {t[key]:.4f}" if t and t.get(key) is not None else ""))
     for name, v in (("teacher", t), ("standard KD", std), ("Simplified TinyBERT", simp)):

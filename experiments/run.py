@@ -79,11 +79,16 @@ def _rows() -> dict[str, Row]:
     # ------------------------------------------------------------------------------------------------ finding 3
     rows.append(Row("f3/teacher-6l", "f3", [distill("f3_teacher.yaml", {})], run_name="results-f3-teacher-tinybert-6l",
                     eval_model="f3-teacher-6l", needs=["data/triples"]))
-    for loss, short in (("standard_kd", "standard-kd"), ("simplified_tinybert", "simplified-tinybert")):
-        name = f"results-f3-student-3l-{short}"
-        rows.append(Row(f"f3/3l-{short}", "f3", [distill("f3_student.yaml", {
-            "loss.name": loss, "run.name": name, "registry.name": name})], run_name=name,
-            eval_model=f"f3-3l-{short}", needs=["f3/teacher-6l"]))
+    # seed 0 of both losses first, then seeds 1 and 2 (the headline's mean ± std over 3 seeds)
+    for seed in (0, 1, 2):
+        for loss, short in (("standard_kd", "standard-kd"), ("simplified_tinybert", "simplified-tinybert")):
+            sfx = "" if seed == 0 else f"-s{seed}"
+            name = f"results-f3-student-3l-{short}{sfx}"
+            sets = {"loss.name": loss, "run.name": name, "registry.name": name}
+            if seed:
+                sets["training.seed"] = seed
+            rows.append(Row(f"f3/3l-{short}{sfx}", "f3", [distill("f3_student.yaml", sets)], run_name=name,
+                            eval_model=f"f3-3l-{short}{sfx}", needs=["f3/teacher-6l"]))
     # ------------------------------------------------------------------------------------------------ finding 2
     for seed in (1, 2):
         name = f"results-f2-teacher-bert-cat-s{seed}"
@@ -110,6 +115,21 @@ def _rows() -> dict[str, Row]:
                 cmd = distill("f2_student_kd.yaml", sets)
             needs = ["data/triples"] + ([f"f2/score-{cond[-2:]}"] if cond != "nokd" else [])
             rows.append(Row(f"f2/{s}-{cond}", "f2", [cmd], run_name=name, eval_model=f"f2-{s}-{cond}", needs=needs))
+    # the headline (BERT_DOT, the paper's main student): seeds 1 and 2 of every condition, after all other rows
+    for seed in (1, 2):
+        for cond in ("nokd", "kd-t1", "kd-t2"):
+            name = f"results-f2-bert-dot-{cond}-s{seed}"
+            sets = {"student.architecture": "bert_dot", "run.name": name, "registry.name": name,
+                    "training.seed": seed, "student.options.pooling": "mean", "student.options.normalize": "false"}
+            if cond == "nokd":
+                cmd = distill("f2_student_nokd.yaml", sets)
+            else:
+                sets = {"teacher.scores": f"outputs/experiments/scifact/teacher_scores_{cond[-2:]}/teacher_scores.tsv",
+                        **sets}
+                cmd = distill("f2_student_kd.yaml", sets)
+            needs = ["data/triples"] + ([f"f2/score-{cond[-2:]}"] if cond != "nokd" else [])
+            rows.append(Row(f"f2/bert-dot-{cond}-s{seed}", "f2", [cmd], run_name=name,
+                            eval_model=f"f2-bert-dot-{cond}-s{seed}", needs=needs))
     return {r.id: r for r in rows}
 
 
