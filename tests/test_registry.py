@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -237,6 +238,20 @@ def test_mlflow_models_serve_scores_equal_kd_load(registry, sample_rows, tmp_pat
                                        rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(served, ranker.rerank(one_query[0][0], [d[1] for d in one_query]),
                                    rtol=1e-6, atol=1e-6)
+        # the logged signature: a batch_size param is accepted, a missing column is refused by name
+        body = json.dumps({"dataframe_split": {"columns": ["query", "passage"], "data": one_query},
+                           "params": {"batch_size": 3}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            np.testing.assert_allclose(np.asarray(json.loads(r.read())["predictions"], dtype=np.float32), served,
+                                       rtol=1e-5, atol=1e-5)
+        body = json.dumps({"dataframe_split": {"columns": ["query"], "data": [[one_query[0][0]]]}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=60)
+        assert err.value.code == 400 and "passage" in err.value.read().decode()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

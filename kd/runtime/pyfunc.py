@@ -5,6 +5,8 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 ARTIFACT_KEY = "kd_model"
 
@@ -28,6 +30,14 @@ class KDRanker(mlflow.pyfunc.PythonModel):
         return np.asarray(scores, dtype=np.float32)
 
 
+# what `mlflow models serve` and pyfunc.predict accept: two string columns, one float per row, an optional batch size
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "query"), ColSpec("string", "passage")]),
+    outputs=Schema([ColSpec("float")]),
+    params=ParamSchema([ParamSpec("batch_size", "long", 64)]),
+)
+
+
 def log_ranker(folder: str | Path, registered_name: str | None = None, artifact_name: str = "model"):
     """Log a saved kd model folder as a pyfunc (kd's code included) and optionally register it."""
     import kd
@@ -36,6 +46,7 @@ def log_ranker(folder: str | Path, registered_name: str | None = None, artifact_
         name=artifact_name,
         python_model=KDRanker(),
         artifacts={ARTIFACT_KEY: str(folder)},
+        signature=SIGNATURE,
         code_paths=[str(Path(kd.__file__).parent)],
         pip_requirements=_requirements(),
         registered_model_name=registered_name,
