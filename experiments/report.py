@@ -383,11 +383,7 @@ def main() -> None:
     t1, s1 = finding1(store, not_run)
     t3, s3 = finding3(store, not_run)
     t2, s2 = finding2(store, not_run)
-    outputs = {"data/triples": "outputs/experiments/scifact/triples.train.n1.tsv",
-               "data/bm25-test": "outputs/experiments/scifact/bm25.test.top100.trec",
-               "f2/score-t1": "outputs/experiments/scifact/teacher_scores_t1/teacher_scores.tsv",
-               "f2/score-t2": "outputs/experiments/scifact/teacher_scores_t2/teacher_scores.tsv"}
-    missing_steps = [r for r, f in outputs.items() if not (REPO / f).is_file()]
+    missing_steps = [r.id for r in driver.ROWS.values() if r.output and not (REPO / r.output).is_file()]
     not_run[:] = [r for r in missing_steps if r.startswith("data/")] + not_run + \
         [r for r in missing_steps if not r.startswith("data/")]
     fig2 = rerank_plot(store, REPO / "docs" / "results_rerankers_efficiency_effectiveness.png")

@@ -47,6 +47,7 @@ class Row:
     run_name: str | None = None  # jobs.distill run.name (for --fresh and "is it trained?")
     eval_model: str | None = None  # model name in the table's eval config
     needs: list[str] = field(default_factory=list)         # rows that must have run first
+    output: str | None = None    # the file a row without a run name writes ("has it run?")
     note: str = ""
 
 
@@ -60,8 +61,10 @@ def distill(cfg: str, sets: dict) -> list[str]:
 def _rows() -> dict[str, Row]:
     rows: list[Row] = []
     # ------------------------------------------------------------------------------------------------ shared data
-    rows.append(Row("data/triples", "data", [["jobs.mine_triples", "--config", f"{CFG}/scifact_mine_n1.yaml"]]))
-    rows.append(Row("data/bm25-test", "data", [["@experiments/bm25_scifact_test.py"]]))
+    rows.append(Row("data/triples", "data", [["jobs.mine_triples", "--config", f"{CFG}/scifact_mine_n1.yaml"]],
+                    output="outputs/experiments/scifact/triples.train.n1.tsv"))
+    rows.append(Row("data/bm25-test", "data", [["@experiments/bm25_scifact_test.py"]],
+                    output="outputs/experiments/scifact/bm25.test.top100.trec"))
     # ------------------------------------------------------------------------------------------------ finding 1
     rows.append(Row("f1/teacher", "f1", eval_model="f1-teacher-minilm-l6"))
     rows.append(Row("f1/untrained-2l-top-bottom", "f1", eval_model="f1-untrained-2l-top-bottom",
@@ -95,10 +98,9 @@ def _rows() -> dict[str, Row]:
         rows.append(Row(f"f2/teacher-s{seed}", "f2", [distill("f2_teacher.yaml", {
             "training.seed": seed, "run.name": name, "registry.name": name})], run_name=name,
             eval_model=f"f2-teacher-bert-cat-s{seed}", needs=["data/triples", "data/bm25-test"]))
-    rows.append(Row("f2/score-t1", "f2", [["jobs.score_teachers", "--config", f"{CFG}/f2_score_t1.yaml"]],
-                    needs=["f2/teacher-s1"]))
-    rows.append(Row("f2/score-t2", "f2", [["jobs.score_teachers", "--config", f"{CFG}/f2_score_t2.yaml"]],
-                    needs=["f2/teacher-s1", "f2/teacher-s2"]))
+    for t, members in (("t1", ["f2/teacher-s1"]), ("t2", ["f2/teacher-s1", "f2/teacher-s2"])):
+        rows.append(Row(f"f2/score-{t}", "f2", [["jobs.score_teachers", "--config", f"{CFG}/f2_score_{t}.yaml"]],
+                        needs=members, output=f"outputs/experiments/scifact/teacher_scores_{t}/teacher_scores.tsv"))
     # cheapest students first: the table is filled in this order when time runs out
     for arch in ("bert_dot", "tk", "colbert", "bert_cat", "prettr"):
         s = arch.replace("_", "-")
@@ -178,7 +180,10 @@ def execute(argv: list[str], label: str, dry: bool) -> None:
 
 
 def trained(row: Row) -> bool:
-    return row.run_name is None or (RUNS / row.run_name / "final.json").is_file()
+    """Has the row's training part run? (a run name: its final.json; otherwise its output file)"""
+    if row.run_name is not None:
+        return (RUNS / row.run_name / "final.json").is_file()
+    return row.output is None or (REPO / row.output).is_file()
 
 
 def train(row: Row, fresh: bool, dry: bool) -> None:
@@ -252,7 +257,7 @@ def main() -> None:
             if args.until and datetime.now(timezone.utc).strftime("%H:%M") >= args.until:
                 print(f"--until {args.until}: not starting {row.id} or any later row", flush=True)
                 break
-            if row.train and (args.fresh or not trained(row) or row.run_name is None):
+            if row.train and (args.fresh or not trained(row)):
                 train(row, args.fresh, args.dry_run)
         if args.no_eval or table == "data":
             return
