@@ -131,6 +131,9 @@ def _check_run(config: Path, final: dict, sample_rows) -> None:
     p = [r["passage"] for r in sample_rows[:4]]
     assert torch.equal(registered.predict(q, p), best.predict(q, p))
     assert best.architecture == cfg["student"]["architecture"]
+    # final_model (what configs name as a teacher) is that same student, and the run stores it once (in the pyfunc)
+    assert torch.equal(Ranker.from_pretrained(final["final_model"]).predict(q, p), best.predict(q, p))
+    assert "student" not in [a.path for a in client.list_artifacts(run.info.run_id)]
     # and it serves through the pyfunc flavour too
     import pandas as pd
 

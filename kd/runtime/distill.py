@@ -106,7 +106,6 @@ def _register(cfg: DistillConfig, folder: Path, metrics: dict) -> dict:
     from kd.runtime.pyfunc import log_ranker
     from kd.runtime.tracking import git_commit
 
-    mlflow.log_artifacts(str(folder), artifact_path="student")
     name = cfg.registry.name
     info = log_ranker(folder, registered_name=name)
     out = {"model_uri": info.model_uri}
@@ -269,17 +268,17 @@ def train_loop_per_worker(config: dict) -> None:
     final = {"step": step, "best_" + target: best if validator else float("nan"),
              **{f"best_val_{k}": v for k, v in best_metrics.items()}}
     if rank == 0:
+        # the best student (the last one without validation), saved once, as a plain kd folder at a fixed path (the
+        # example configs score_teachers_scifact.yaml and tinybert_scifact.yaml name <storage>/<run>/final_model as
+        # a teacher); the pyfunc model logged from it carries the same folder into MLflow and the registry
+        storage.mkdir(parents=True, exist_ok=True)
+        folder = save_best_student(storage / "final_model")
+        final["final_model"] = str(folder)
         if run is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                folder = save_best_student(Path(tmp) / "student")
-                final.update(_register(cfg, folder, best_metrics))
+            final.update(_register(cfg, folder, best_metrics))
             mlflow.log_metric("best_" + target, final["best_" + target])
             final["mlflow_run_id"] = run.info.run_id
             mlflow.end_run()
-        # the best student (the last one without validation) as a plain kd folder at a fixed path: the example
-        # configs (score_teachers_scifact.yaml, tinybert_scifact.yaml) name <storage>/<run>/final_model as a teacher
-        storage.mkdir(parents=True, exist_ok=True)
-        final["final_model"] = str(save_best_student(storage / "final_model"))
         (storage / "final.json").write_text(json.dumps(final, indent=2, default=str) + "\n")
     ray.train.report({k: v for k, v in final.items() if isinstance(v, (int, float, str))})
 
