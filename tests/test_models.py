@@ -223,3 +223,26 @@ def test_score_triples_equals_scoring_each_side(students, sample_rows, arch):
         s_pos, s_neg = model.score_triples(q, pos, neg)
         torch.testing.assert_close(s_pos, model.score(q, pos), atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(s_neg, model.score(q, neg), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", STUDENTS)
+def test_every_parameter_survives_deepspeeds_startup_broadcast(students, arch):
+    """DeepSpeed's engine broadcasts each parameter as `p.data.view(torch.uint8)`; a 0-d parameter cannot be viewed
+    that way (TK's mixer was 0-d and every TK distill job died at start-up)."""
+    for name, p in students[arch].named_parameters():
+        assert p.dim() >= 1, f"{arch}.{name} is 0-d"
+        p.data.view(torch.uint8)
+
+
+def test_tk_loads_a_folder_saved_with_a_0d_mixer(students, batch, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tk = students["tk"].eval()
+    folder = tk.save_pretrained(tmp_path / "tk")
+    weights = load_file(folder / "model.safetensors")
+    weights["mixer"] = weights["mixer"].reshape(())  # the old layout
+    save_file(weights, folder / "model.safetensors")
+    loaded = Ranker.from_pretrained(folder)
+    assert loaded.mixer.shape == (1,)
+    with torch.no_grad():
+        assert torch.equal(loaded.score(*batch), tk.score(*batch))

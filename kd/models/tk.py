@@ -79,10 +79,18 @@ class TK(Ranker):
             embedding_dim, num_heads, dim_feedforward=ff_dim, dropout=dropout, batch_first=True
         )
         self.contextualizer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
-        self.mixer = nn.Parameter(torch.tensor(0.5))
+        # shape (1,), not a 0-d scalar: DeepSpeed's start-up broadcast views every parameter as bytes, which a 0-d
+        # tensor cannot do ("self.dim() cannot be 0 to view Float as Byte")
+        self.mixer = nn.Parameter(torch.full((1,), 0.5))
         self.register_buffer("mu", torch.tensor(kernel_means(n_kernels)).view(1, 1, 1, -1), persistent=False)
         self.kernel_weights = nn.Linear(n_kernels, 1, bias=False)
         nn.init.uniform_(self.kernel_weights.weight, -0.014, 0.014)  # TK's init
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "mixer"
+        if key in state_dict and state_dict[key].dim() == 0:  # folders saved while the mixer was 0-d
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def _from_saved(cls, saved: dict, tokenizer) -> "TK":
