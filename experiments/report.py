@@ -346,8 +346,8 @@ def f2_verdicts(stats: dict) -> str:
             parts.append(f"{ds}: T1 − no-KD {t1 - n:+.4f}, T2 − no-KD {t2 - n:+.4f}, T2 − T1 {t2 - t1:+.4f} (largest "
                          f"seed std {noise:.4f}: KD > no-KD {'beyond' if min(t1, t2) - n > noise else 'not beyond'} "
                          f"seed noise; T2 ≥ T1 {'yes' if t2 >= t1 else 'no'})")
-        k = min(v[2] for v in means.values())
-        out.append(f"- **BERT_DOT, mean of {k} seeds (headline)**: " + "; ".join(parts))
+        k = ", ".join(f"{c} {means[c][2]}" for c in ("nokd", "kd-t1", "kd-t2"))
+        out.append(f"- **BERT_DOT, seed means (headline; seeds per condition: {k})**: " + "; ".join(parts))
     return "\n".join(out) if out else "- no architecture has all three conditions evaluated yet."
 
 
