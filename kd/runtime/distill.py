@@ -100,7 +100,6 @@ def _mlflow_start(cfg: DistillConfig, extra_tags: dict | None = None):
 
 
 def _register(cfg: DistillConfig, folder: Path, metrics: dict) -> dict:
-    import mlflow
     from mlflow import MlflowClient
 
     from kd.runtime.pyfunc import log_ranker
