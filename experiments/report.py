@@ -343,9 +343,11 @@ def f2_verdicts(stats: dict) -> str:
         for i, ds in enumerate(("SciFact", "DL'19")):
             (n, ns), (t1, s1), (t2, s2) = (means[c][i] for c in ("nokd", "kd-t1", "kd-t2"))
             noise = max(ns, s1, s2)
+            kd_vs = ("KD better than no-KD beyond seed noise" if min(t1, t2) - n > noise else
+                     "KD worse than no-KD beyond seed noise" if max(t1, t2) - n < -noise else
+                     "KD vs no-KD within seed noise")
             parts.append(f"{ds}: T1 − no-KD {t1 - n:+.4f}, T2 − no-KD {t2 - n:+.4f}, T2 − T1 {t2 - t1:+.4f} (largest "
-                         f"seed std {noise:.4f}: KD > no-KD {'beyond' if min(t1, t2) - n > noise else 'not beyond'} "
-                         f"seed noise; T2 ≥ T1 {'yes' if t2 >= t1 else 'no'})")
+                         f"seed std {noise:.4f}: {kd_vs}; T2 ≥ T1 {'yes' if t2 >= t1 else 'no'})")
         k = ", ".join(f"{c} {means[c][2]}" for c in ("nokd", "kd-t1", "kd-t2"))
         out.append(f"- **BERT_DOT, seed means (headline; seeds per condition: {k})**: " + "; ".join(parts))
     return "\n".join(out) if out else "- no architecture has all three conditions evaluated yet."
