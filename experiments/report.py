@@ -285,33 +285,28 @@ def finding2(store: Store, not_run: list[str]) -> tuple[str, dict]:
         lines.append(f"| teacher BERT_CAT member s{seed}{' (= T1)' if seed == 1 else ''} | {f4(m(a, 'ndcg_at_10'))} | "
                      f"{f4(m(b, 'ndcg_at_10'))} | {'–' if q is None else f'{q:.2f}'} | {wall(tr)} | {cmd(rowid)} | "
                      f"{rid(a)} / {rid(b)} / {rid(tr)} |")
+    conds = (("nokd", "no teacher (RankNet)"), ("kd-t1", "Margin-MSE, T1"), ("kd-t2", "Margin-MSE, T2"))
+
+    def student_row(model: str, rowid: str, label: str, key: tuple) -> None:
+        a, b = store.get(F2_EVAL, model, "scifact-bm25-top10"), store.get(F2_EVAL, model, "dl19-top20")
+        if a is None:
+            not_run.append(rowid)
+            return
+        e = store.get(F2_EVAL, model, "f2-efficiency")
+        tr = store.train_run(F2_TRAIN, f"results-{model}")
+        stats[key] = (m(a, "ndcg_at_10"), m(b, "ndcg_at_10"))
+        q = m(e, "eff_rerank_bs64_qps")
+        lines.append(f"| {label} | {f4(m(a, 'ndcg_at_10'))} | {f4(m(b, 'ndcg_at_10'))} | "
+                     f"{'–' if q is None else f'{q:.2f}'} | {wall(tr)} | {cmd(rowid)} | {rid(a)} / {rid(b)} / {rid(tr)} |")
+
     for arch in ("bert_cat", "bert_dot", "colbert", "prettr", "tk"):
         s = arch.replace("_", "-")
-        for cond, what in (("nokd", "no teacher (RankNet)"), ("kd-t1", "Margin-MSE, T1"), ("kd-t2", "Margin-MSE, T2")):
-            model, rowid = f"f2-{s}-{cond}", f"f2/{s}-{cond}"
-            a, b = store.get(F2_EVAL, model, "scifact-bm25-top10"), store.get(F2_EVAL, model, "dl19-top20")
-            e = store.get(F2_EVAL, model, "f2-efficiency")
-            tr = store.train_run(F2_TRAIN, f"results-{model}")
-            if a is None:
-                not_run.append(rowid)
-                continue
-            stats[(arch, cond)] = (m(a, "ndcg_at_10"), m(b, "ndcg_at_10"))
-            q = m(e, "eff_rerank_bs64_qps")
-            lines.append(f"| {arch.upper()} — {what} | {f4(m(a, 'ndcg_at_10'))} | {f4(m(b, 'ndcg_at_10'))} | "
-                         f"{'–' if q is None else f'{q:.2f}'} | {wall(tr)} | {cmd(rowid)} | {rid(a)} / {rid(b)} / {rid(tr)} |")
+        for cond, what in conds:
+            student_row(f"f2-{s}-{cond}", f"f2/{s}-{cond}", f"{arch.upper()} — {what}", (arch, cond))
     for seed in (1, 2):
-        for cond, what in (("nokd", "no teacher (RankNet)"), ("kd-t1", "Margin-MSE, T1"), ("kd-t2", "Margin-MSE, T2")):
-            model, rowid = f"f2-bert-dot-{cond}-s{seed}", f"f2/bert-dot-{cond}-s{seed}"
-            a, b = store.get(F2_EVAL, model, "scifact-bm25-top10"), store.get(F2_EVAL, model, "dl19-top20")
-            e = store.get(F2_EVAL, model, "f2-efficiency")
-            tr = store.train_run(F2_TRAIN, f"results-{model}")
-            if a is None:
-                not_run.append(rowid)
-                continue
-            stats[("bert_dot", cond, seed)] = (m(a, "ndcg_at_10"), m(b, "ndcg_at_10"))
-            q = m(e, "eff_rerank_bs64_qps")
-            lines.append(f"| BERT_DOT — {what}, seed {seed} | {f4(m(a, 'ndcg_at_10'))} | {f4(m(b, 'ndcg_at_10'))} | "
-                         f"{'–' if q is None else f'{q:.2f}'} | {wall(tr)} | {cmd(rowid)} | {rid(a)} / {rid(b)} / {rid(tr)} |")
+        for cond, what in conds:
+            student_row(f"f2-bert-dot-{cond}-s{seed}", f"f2/bert-dot-{cond}-s{seed}", f"BERT_DOT — {what}, seed {seed}",
+                        ("bert_dot", cond, seed))
     heads = []
     for cond, what in (("nokd", "no teacher"), ("kd-t1", "Margin-MSE T1"), ("kd-t2", "Margin-MSE T2")):
         seeds = [stats.get(("bert_dot", cond))] + [stats.get(("bert_dot", cond, sd)) for sd in (1, 2)]
