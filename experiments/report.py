@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import statistics
 import sys
 from datetime import datetime, timezone
@@ -349,23 +350,39 @@ def f2_verdicts(stats: dict) -> str:
 
 
 # ======================================================================================================== plot
+def seed_points(runs: list[tuple[str, float | None, float | None, bool]]) -> list[dict]:
+    """(model, x, y, contended) per evaluated model → plot points, one per condition: the seeds of a condition
+    (names ending -s<N>) share a point at their mean with the std as error bar; teachers stay apart (each is a
+    different model; T2 is their mean). Models missing either metric are left out."""
+    groups: dict[str, list[tuple[float, float, bool]]] = {}
+    for model, x, y, busy in runs:
+        if x is not None and y is not None:
+            base = model if "teacher" in model else re.sub(r"-s\d+$", "", model)
+            groups.setdefault(base, []).append((x, y, busy))
+    pts = []
+    for base, g in sorted(groups.items()):
+        y, std = mean_std([r[1] for r in g])
+        pts.append({"label": base + (f" ({len(g)} seeds)" if len(g) > 1 else ""),
+                    "x": statistics.mean(r[0] for r in g), "y": y, "yerr": std if len(g) > 1 else None,
+                    "contended": any(r[2] for r in g)})
+    return pts
+
+
 def rerank_plot(store: Store, out: Path) -> str | None:
     from kd.evaluation import plot_tradeoff
 
-    pts = []
+    runs = []
     for exp, prefix in ((F3_EVAL, "f3-"), (F2_EVAL, "f2-")):
         for (model, ds), r in store.eval_runs(exp).items():
-            if not model.startswith(prefix) or ds != "dl19-top20":
-                continue
-            x, y = m(r, "eff_rerank_bs64_qps"), m(r, "ndcg_at_10")
-            if x is None or y is None:
-                continue
-            pts.append({"label": model, "x": x, "y": y, "contended": contended(store, exp, model, f"{prefix}efficiency")})
+            if model.startswith(prefix) and ds == "dl19-top20":
+                runs.append((model, m(r, "eff_rerank_bs64_qps"), m(r, "ndcg_at_10"),
+                             contended(store, exp, model, f"{prefix}efficiency")))
+    pts = seed_points(runs)
     if not pts:
         return None
     plot_tradeoff(pts, out, xlabel="re-ranking queries/s (100 candidates, batch 64, CPU bf16)",
                   ylabel="nDCG@10 (DL'19, BM25 top-20 re-ranked)",
-                  title="Re-rankers of findings 2 and 3 (CPU, 2 cores)")
+                  title="Re-rankers of findings 2 and 3 (CPU, 2 cores; seeds: mean ± std)")
     return str(out.relative_to(REPO))
 
 
@@ -374,18 +391,18 @@ def f1_plot(store: Store, out: Path) -> str | None:
     on a 2-core VM), one point per model, hollow when timed under load."""
     from kd.evaluation import plot_tradeoff
 
-    pts = []
+    runs = []
     for (model, ds), r in store.eval_runs(F1_EVAL).items():
-        if ds != "scifact-test":
-            continue
-        e = store.get(F1_EVAL, model, "f1-efficiency")
-        pts.append({"label": model.removeprefix("f1-"), "x": m(e, "eff_query_encode_bs64_qps"), "y": m(r, "ndcg_at_10"),
-                    "contended": contended(store, F1_EVAL, model, "f1-efficiency")})
-    if not any(p["x"] is not None and p["y"] is not None for p in pts):
+        if ds == "scifact-test":
+            runs.append((model.removeprefix("f1-"), m(store.get(F1_EVAL, model, "f1-efficiency"),
+                                                      "eff_query_encode_bs64_qps"),
+                         m(r, "ndcg_at_10"), contended(store, F1_EVAL, model, "f1-efficiency")))
+    pts = seed_points(runs)
+    if not pts:
         return None
     plot_tradeoff(pts, out, xlabel="query encoding queries/s (batch 64, CPU bf16, 2 cores)",
                   ylabel="nDCG@10 (SciFact test, teacher's index)",
-                  title="Finding 1: distilled query encoders vs the teacher")
+                  title="Finding 1: distilled query encoders vs the teacher (seeds: mean ± std)")
     return str(out.relative_to(REPO))
 
 

@@ -619,10 +619,12 @@ def format_table(results: Sequence[TaskResult], metrics: Sequence[str] = TABLE_M
 
 
 def plot_tradeoff(points: Sequence[Mapping[str, Any]], output: str | Path, *, xlabel: str, ylabel: str,
-                  title: str | None = None) -> Path:
-    """Efficiency–effectiveness scatter (x: queries/s, log scale; y: effectiveness), one labelled point per model,
-    written as PNG with matplotlib's Agg backend. `points`: dicts with label, x, y and optionally `contended`
-    (timed while other processes loaded the machine: drawn hollow and marked)."""
+                  title: str | None = None, legend: bool | None = None) -> Path:
+    """Efficiency–effectiveness scatter (x: queries/s, log scale; y: effectiveness), one point per model, written
+    as PNG with matplotlib's Agg backend. `points`: dicts with label, x, y and optionally `yerr` (drawn as an error
+    bar, e.g. the std over seeds) and `contended` (timed while other processes loaded the machine: drawn hollow and
+    marked). Points are labelled beside them, or, with `legend` (default: more than 10 points, where labels beside
+    them overlap), by distinct colour/marker pairs in a legend right of the axes."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -634,23 +636,34 @@ def plot_tradeoff(points: Sequence[Mapping[str, Any]], output: str | Path, *, xl
         raise ValueError("nothing to plot: no run has both metrics")
     from matplotlib.ticker import FuncFormatter
 
-    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=150)
+    legend = len(pts) > 10 if legend is None else legend
+    fig, ax = plt.subplots(figsize=(10.5 if legend else 7.5, 5.5 if legend else 5), dpi=150)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, p in enumerate(sorted(pts, key=lambda p: (p["x"], p["y"]))):
+    markers = "osD^vP*Xh<>p"
+    for i, p in enumerate(sorted(pts, key=lambda p: (-p["y"], p["x"]) if legend else (p["x"], p["y"]))):
         c = colors[i % len(colors)]
+        mk = markers[(i // len(colors)) % len(markers)] if legend else "o"
         hollow = bool(p.get("contended"))
-        ax.scatter(p["x"], p["y"], s=70, zorder=3, edgecolors=c, facecolors="none" if hollow else c, linewidths=1.8)
         label = p["label"] + (" (timed under load)" if hollow else "")
-        ax.annotate(label, (p["x"], p["y"]), textcoords="offset points", xytext=(7, 7 if i % 2 == 0 else -13),
-                    fontsize=9)
+        if p.get("yerr"):
+            ax.errorbar(p["x"], p["y"], yerr=p["yerr"], fmt="none", ecolor=c, elinewidth=1.2, capsize=3, zorder=2)
+        ax.scatter(p["x"], p["y"], s=70, zorder=3, marker=mk, edgecolors=c, facecolors="none" if hollow else c,
+                   linewidths=1.8, label=label)
+        if not legend:
+            ax.annotate(label, (p["x"], p["y"]), textcoords="offset points", xytext=(7, 7 if i % 2 == 0 else -13),
+                        fontsize=9)
+    if legend:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, borderaxespad=0.0)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
     xs = [p["x"] for p in pts]
     ys = [p["y"] for p in pts]
     ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
-    pad = max(0.02, (max(ys) - min(ys)) * 0.15)
-    ax.set_ylim(min(ys) - pad, max(ys) + pad)
+    errs = [p.get("yerr") or 0.0 for p in pts]
+    lo, hi = min(y - e for y, e in zip(ys, errs)), max(y + e for y, e in zip(ys, errs))
+    pad = max(0.02, (hi - lo) * 0.15)
+    ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)

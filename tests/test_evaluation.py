@@ -158,6 +158,10 @@ def test_format_table_and_plot(tmp_path):
     out = plot_tradeoff([{"label": "6L", "x": 100.0, "y": 0.64}, {"label": "2L", "x": 290.0, "y": 0.55}],
                         tmp_path / "p.png", xlabel="queries/s", ylabel="nDCG@10")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    crowded = [{"label": f"m{i}", "x": 10.0 + i, "y": 0.5 + i / 100, "yerr": 0.01 if i % 2 else None}
+               for i in range(14)]  # > 10 points: legend instead of labels beside them, seed error bars
+    out = plot_tradeoff(crowded, tmp_path / "c.png", xlabel="queries/s", ylabel="nDCG@10")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     with pytest.raises(ValueError, match="nothing to plot"):
         plot_tradeoff([{"label": "x", "x": None, "y": 0.1}], tmp_path / "q.png", xlabel="x", ylabel="y")
 

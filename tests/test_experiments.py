@@ -64,3 +64,20 @@ def test_rows_are_complete():
     assert {f"f1/2l-top-bottom-s{s}" for s in (0, 1, 2)} <= set(driver.ROWS)
     assert {"f3/3l-simplified-tinybert", "f3/3l-simplified-tinybert-s1", "f3/3l-simplified-tinybert-s2"} <= set(driver.ROWS)
     assert {"f2/bert-dot-kd-t2", "f2/bert-dot-kd-t2-s1", "f2/bert-dot-kd-t2-s2"} <= set(driver.ROWS)
+
+
+def test_figure_points_average_seeds(tmp_path):
+    """The figures draw one point per condition: seeds (-s<N>) averaged with their std as error bar; each teacher
+    stays its own point; a model missing a metric is left out rather than drawn at 0."""
+    spec = importlib.util.spec_from_file_location("kd_experiments_report", REPO / "experiments" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    pts = {p["label"]: p for p in report.seed_points([
+        ("f2-bert-dot-nokd", 1.0, 0.50, False), ("f2-bert-dot-nokd-s1", 3.0, 0.60, True),
+        ("f2-teacher-bert-cat", 0.5, 0.40, False), ("f2-teacher-bert-cat-s1", 0.5, 0.30, False),
+        ("f2-tk-nokd", None, 0.45, False)])}
+    assert set(pts) == {"f2-bert-dot-nokd (2 seeds)", "f2-teacher-bert-cat", "f2-teacher-bert-cat-s1"}
+    p = pts["f2-bert-dot-nokd (2 seeds)"]
+    assert (p["x"], p["y"], p["contended"]) == (2.0, pytest.approx(0.55), True)
+    assert p["yerr"] == pytest.approx(0.0707, abs=1e-4)
+    assert pts["f2-teacher-bert-cat"]["yerr"] is None
