@@ -388,7 +388,7 @@ def rerank_plot(store: Store, out: Path) -> str | None:
 
 def f1_plot(store: Store, out: Path) -> str | None:
     """Finding 1's figure from MLflow: SciFact nDCG@10 vs query-encoding queries/s at batch 64 (steadier than batch 1
-    on a 2-core VM), one point per model, hollow when timed under load."""
+    on a 2-core VM), one point per condition (seeds averaged), hollow when timed under load."""
     from kd.evaluation import plot_tradeoff
 
     runs = []

@@ -645,7 +645,7 @@ def plot_tradeoff(points: Sequence[Mapping[str, Any]], output: str | Path, *, xl
         mk = markers[(i // len(colors)) % len(markers)] if legend else "o"
         hollow = bool(p.get("contended"))
         label = p["label"] + (" (timed under load)" if hollow else "")
-        if p.get("yerr"):
+        if p.get("yerr") and math.isfinite(p["yerr"]):
             ax.errorbar(p["x"], p["y"], yerr=p["yerr"], fmt="none", ecolor=c, elinewidth=1.2, capsize=3, zorder=2)
         ax.scatter(p["x"], p["y"], s=70, zorder=3, marker=mk, edgecolors=c, facecolors="none" if hollow else c,
                    linewidths=1.8, label=label)
@@ -660,7 +660,7 @@ def plot_tradeoff(points: Sequence[Mapping[str, Any]], output: str | Path, *, xl
     xs = [p["x"] for p in pts]
     ys = [p["y"] for p in pts]
     ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
-    errs = [p.get("yerr") or 0.0 for p in pts]
+    errs = [p["yerr"] if p.get("yerr") and math.isfinite(p["yerr"]) else 0.0 for p in pts]
     lo, hi = min(y - e for y, e in zip(ys, errs)), max(y + e for y, e in zip(ys, errs))
     pad = max(0.02, (hi - lo) * 0.15)
     ax.set_ylim(lo - pad, hi + pad)
