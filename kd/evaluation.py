@@ -636,6 +636,10 @@ def plot_tradeoff(points: Sequence[Mapping[str, Any]], output: str | Path, *, xl
         raise ValueError("nothing to plot: no run has both metrics")
     from matplotlib.ticker import FuncFormatter
 
+    def err(p: Mapping[str, Any]) -> float:  # the error bar's half-height; 0 for none (missing, single seed: NaN)
+        e = p.get("yerr")
+        return float(e) if e and math.isfinite(e) else 0.0
+
     legend = len(pts) > 10 if legend is None else legend
     fig, ax = plt.subplots(figsize=(10.5 if legend else 7.5, 5.5 if legend else 5), dpi=150)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -645,8 +649,8 @@ def plot_tradeoff(points: Sequence[Mapping[str, Any]], output: str | Path, *, xl
         mk = markers[(i // len(colors)) % len(markers)] if legend else "o"
         hollow = bool(p.get("contended"))
         label = p["label"] + (" (timed under load)" if hollow else "")
-        if p.get("yerr") and math.isfinite(p["yerr"]):
-            ax.errorbar(p["x"], p["y"], yerr=p["yerr"], fmt="none", ecolor=c, elinewidth=1.2, capsize=3, zorder=2)
+        if err(p):
+            ax.errorbar(p["x"], p["y"], yerr=err(p), fmt="none", ecolor=c, elinewidth=1.2, capsize=3, zorder=2)
         ax.scatter(p["x"], p["y"], s=70, zorder=3, marker=mk, edgecolors=c, facecolors="none" if hollow else c,
                    linewidths=1.8, label=label)
         if not legend:
@@ -658,10 +662,8 @@ def plot_tradeoff(points: Sequence[Mapping[str, Any]], output: str | Path, *, xl
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
     xs = [p["x"] for p in pts]
-    ys = [p["y"] for p in pts]
     ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
-    errs = [p["yerr"] if p.get("yerr") and math.isfinite(p["yerr"]) else 0.0 for p in pts]
-    lo, hi = min(y - e for y, e in zip(ys, errs)), max(y + e for y, e in zip(ys, errs))
+    lo, hi = min(p["y"] - err(p) for p in pts), max(p["y"] + err(p) for p in pts)
     pad = max(0.02, (hi - lo) * 0.15)
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel(xlabel)
