@@ -22,6 +22,26 @@ def git_commit() -> str | None:
         return None
 
 
+def filter_literal(value: str) -> str:
+    """`value` as an MLflow filter-string literal that matches exactly `value`, for every user-controlled value.
+
+    MLflow's filter grammar has no escape sequence: a literal is the text between a pair of single or double
+    quotes, taken verbatim. So the literal is single-quoted, or double-quoted when the value holds a single quote.
+    A value holding both quote characters, or a backslash (sqlparse reads a backslash before a quote as an escape
+    that MLflow never undoes, so the literal would end elsewhere or match other text), cannot be written exactly
+    and is refused rather than pasted in: pasted unquoted, `it's` crashed the job and a crafted name matched
+    another run. Names checked by kd.config (NAME_PATTERN) never hit the refusal.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"filter_literal: expected a string, got {type(value).__name__}")
+    if "\\" in value or ("'" in value and '"' in value):
+        raise ValueError(
+            f"{value!r} cannot be used in an MLflow filter: it holds a backslash or both quote characters, "
+            "which MLflow's filter grammar cannot express exactly")
+    quote = '"' if "'" in value else "'"
+    return f"{quote}{value}{quote}"
+
+
 def log_params(params: dict[str, Any]) -> None:
     """MLflow params are strings ≤ 6000 chars; None becomes "None"; batches of 100."""
     items = [(k, str(v)[:6000]) for k, v in params.items()]
