@@ -104,13 +104,14 @@ class Tracker:
         import mlflow
         from mlflow import MlflowClient
 
-        from kd.runtime.tracking import git_commit, use_experiment
+        from kd.runtime.tracking import filter_literal, git_commit, use_experiment
 
         use_experiment(self.cfg.mlflow)
         self.client = MlflowClient()
         self.experiment_id = mlflow.get_experiment_by_name(self.cfg.mlflow.experiment).experiment_id
         found = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`kd.pipeline` = '{self.cfg.name}' and tags.`kd.job` = 'pipeline'",
+            [self.experiment_id],
+            filter_string=f"tags.`kd.pipeline` = {filter_literal(self.cfg.name)} and tags.`kd.job` = 'pipeline'",
             order_by=["attributes.start_time DESC"], max_results=1)
         if found:
             self.parent_id = found[0].info.run_id

@@ -143,10 +143,11 @@ def _tune_domain(dim: Dimension):
 
 
 def _parent_run(sweep: SweepConfig, client, experiment_id: str, exp_path: Path) -> str:
-    from kd.runtime.tracking import git_commit
+    from kd.runtime.tracking import filter_literal, git_commit
 
     found = client.search_runs(
-        [experiment_id], filter_string=f"tags.`kd.sweep_name` = '{sweep.name}' and tags.`kd.job` = 'sweep'",
+        [experiment_id],
+        filter_string=f"tags.`kd.sweep_name` = {filter_literal(sweep.name)} and tags.`kd.job` = 'sweep'",
         max_results=1)
     if found:
         run_id = found[0].info.run_id
@@ -290,6 +291,8 @@ def run_sweep(sweep: SweepConfig) -> dict:
 def _trial_records(sweep: SweepConfig, exp_path: Path, spec: dict, client) -> list[dict]:
     from ray import tune
 
+    from kd.runtime.tracking import filter_literal
+
     analysis = tune.ExperimentAnalysis(str(exp_path))
     metric = sweep.tune_metric
     experiment_id = client.get_experiment_by_name(sweep.mlflow.experiment).experiment_id
@@ -310,7 +313,8 @@ def _trial_records(sweep: SweepConfig, exp_path: Path, spec: dict, client) -> li
             status, best = "error", max(values) if values else None
         else:
             status, best = "unfinished", max(values) if values else None
-        runs = client.search_runs([experiment_id], filter_string=f"tags.`kd.run_name` = '{run_name}'", max_results=1)
+        runs = client.search_runs([experiment_id], filter_string=f"tags.`kd.run_name` = {filter_literal(run_name)}",
+                                   max_results=1)
         records.append({
             "trial_id": tid, "status": status, metric: best, "steps": int(max(steps)) if steps else 0,
             "validations": len(values), "params": (trial.config or {}).get("params", {}),
