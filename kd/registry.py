@@ -194,7 +194,9 @@ def resolve(uri: str, tracking_uri: str | None = None) -> ModelRef:
         else:
             mv = client.get_model_version(name, str(aliases[alias]))
     else:
-        versions = sorted((int(v.version) for v in client.search_model_versions(f"name='{name}'")))
+        from kd.runtime.tracking import filter_literal
+
+        versions = sorted((int(v.version) for v in client.search_model_versions(f"name={filter_literal(name)}")))
         if version == "latest":
             if not versions:
                 raise RegistryError(f"registered model {name!r} has no versions (looked up for {uri}) at {turi}",
