@@ -1,12 +1,15 @@
 """Every file in cluster/ loads and is what its consumer expects: KubeRay manifests carry the fields KubeRay's CRDs
 require (apiVersion ray.io/v1, head + GPU worker group, the MLflow URI from a Secret, an entrypoint naming an existing
 module and config), the cluster-launcher YAML passes Ray's own schema, the runtime env is a valid RuntimeEnv, and the
-DeepSpeed JSONs are accepted by DeepSpeed's config parser (and by the distill job where it supports them)."""
+DeepSpeed JSONs are accepted by DeepSpeed's config parser (and by the distill job where it supports them). Every
+cluster turns on Ray token authentication (and KubeRay's are fenced by a NetworkPolicy); the launcher's settings are
+tried on a real `ray start --head`."""
 from __future__ import annotations
 
 import json
 import re
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -174,6 +177,146 @@ def test_runtime_env_yaml():
 def test_dockerfile_matches_the_ray_version():
     base = re.search(r"^FROM\s+(\S+)", (CLUSTER / "Dockerfile").read_text(), re.M).group(1)
     assert base.startswith("rayproject/ray:2.60.")
+
+
+# ----------------------------------------------------------------------------------- Ray token authentication
+# Without it anyone who reaches the dashboard (8265) submits jobs, i.e. runs code on the cluster. KubeRay (≥ 1.5.1)
+# turns it on with RayClusterSpec.authOptions: it then sets RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (from the Secret
+# `secretName`, key auth_token) in every Ray container and the RayJob submitter, unless a container sets them itself.
+KUBERAY_AUTH_FIELDS = {"mode", "secretName", "enableK8sTokenAuth"}  # KubeRay's AuthOptions (ray.io/v1)
+RAY_TOKEN_FILE = "~/.ray/auth_token"  # where Ray looks for the token when RAY_AUTH_TOKEN(_PATH) is unset
+
+
+def _cluster_specs() -> list[tuple[Path, dict, dict]]:
+    """(file, manifest, RayClusterSpec) of every cluster a shipped KubeRay manifest creates."""
+    found = [(p, d, d["spec"]) for p, d in _kuberay("RayCluster")]
+    found += [(p, d, d["spec"]["rayClusterSpec"]) for p, d in _kuberay("RayJob") if "rayClusterSpec" in d["spec"]]
+    return found
+
+
+def _pod_templates(spec: dict) -> list[dict]:
+    return [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec.get("workerGroupSpecs", [])]
+
+
+def _launcher_files() -> list[Path]:
+    return [p for p in _yaml_files() if any("head_start_ray_commands" in d for d in _docs(p))]
+
+
+def _docker_env(cfg: dict) -> dict[str, str]:
+    """The `--env K=V` settings the launcher gives every container (docker.run_options)."""
+    argv = shlex.split(" ".join(cfg.get("docker", {}).get("run_options", [])))
+    pairs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--env", "-e")]
+    pairs += [a.split("=", 1)[1] for a in argv if a.startswith("--env=")]
+    return dict(p.split("=", 1) for p in pairs if "=" in p)
+
+
+def test_every_shipped_cluster_config_turns_on_ray_token_auth():
+    clusters = _cluster_specs()
+    launchers = _launcher_files()
+    starts_ray = {p for p in _yaml_files() if "ray start" in p.read_text() or _docs(p)[0].get("kind") in
+                  ("RayCluster", "RayJob", "RayService")}
+    assert starts_ray <= {p for p, _, _ in clusters} | set(launchers), "a cluster config this test does not check"
+    assert clusters and launchers
+    for path, doc, spec in clusters:
+        where = f"{path.name} ({doc['kind']} {doc['metadata']['name']})"
+        auth = spec.get("authOptions")
+        assert auth, f"{where}: no authOptions — the dashboard accepts jobs from anyone who reaches it"
+        assert set(auth) <= KUBERAY_AUTH_FIELDS, f"{where}: authOptions fields {set(auth) - KUBERAY_AUTH_FIELDS}"
+        assert auth.get("mode") == "token", f"{where}: authOptions.mode must be 'token'"
+        if doc["kind"] == "RayJob":
+            assert not auth.get("enableK8sTokenAuth"), f"{where}: KubeRay supports K8s token auth on RayCluster only"
+        major, minor = map(int, str(spec["rayVersion"]).split(".")[:2])
+        assert (major, minor) >= (2, 52), f"{where}: token auth needs Ray >= 2.52 (KubeRay refuses the manifest)"
+        for template in _pod_templates(spec):  # a container's own value would win over the operator's
+            for c in template["spec"]["containers"]:
+                names = {e["name"] for e in c.get("env", [])}
+                assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}, f"{where}: {c['name']}"
+        if auth.get("secretName"):  # the file says how to create the Secret it names, with KubeRay's key
+            assert re.search(rf"kubectl create secret generic {re.escape(auth['secretName'])} "
+                             r"--from-(file|literal)=auth_token=", path.read_text()), where
+    for path in launchers:
+        cfg = yaml.safe_load(path.read_text())
+        assert _docker_env(cfg).get("RAY_AUTH_MODE") == "token", f"{path.name}: containers need RAY_AUTH_MODE=token"
+        assert cfg.get("file_mounts", {}).get(RAY_TOKEN_FILE) == RAY_TOKEN_FILE, \
+            f"{path.name}: file_mounts must copy your {RAY_TOKEN_FILE} to every node's {RAY_TOKEN_FILE}"
+        commands = " ".join(cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"])
+        assert "RAY_AUTH_MODE=" not in commands, f"{path.name}: a start command overrides RAY_AUTH_MODE"
+        assert "ray get-auth-token --generate" in path.read_text(), f"{path.name}: say how to make the token"
+
+
+def test_kuberay_manifests_limit_who_reaches_the_ray_pods():
+    """A NetworkPolicy beside each cluster selects all its pods (head and workers); from outside the cluster's own
+    pods only the dashboard port (8265: operator, RayJob submitter) is open, and no rule admits everyone."""
+    for path, doc, spec in _cluster_specs():
+        where = f"{path.name} ({doc['kind']} {doc['metadata']['name']})"
+        policies = [d for d in _docs(path) if d.get("kind") == "NetworkPolicy"]
+        assert policies, f"{where}: no NetworkPolicy"
+        templates = _pod_templates(spec)
+        for pol in policies:
+            assert pol["apiVersion"] == "networking.k8s.io/v1" and "Ingress" in pol["spec"]["policyTypes"]
+            selector = pol["spec"]["podSelector"]["matchLabels"]
+            assert selector, f"{where}: an empty podSelector would select every pod in the namespace"
+            for t in templates:
+                labels = t.get("metadata", {}).get("labels", {})
+                assert selector.items() <= labels.items(), f"{where}: a pod template lacks the labels {selector}"
+            for rule in pol["spec"].get("ingress", []):
+                assert rule.get("from"), f"{where}: an ingress rule without `from` admits every source"
+                own = all(s == {"podSelector": {"matchLabels": selector}} for s in rule["from"])
+                assert own or [p["port"] for p in rule.get("ports", [])] == [8265], \
+                    f"{where}: sources other than the cluster's own pods may reach the dashboard (8265) only"
+
+
+@pytest.mark.slow
+def test_launcher_settings_lock_a_real_ray_head(tmp_path, monkeypatch):
+    """A real `ray start --head` given what aws-gpu.yaml gives every container (its docker --env settings, the token
+    file where file_mounts puts it): the Jobs API refuses requests without the token; without the token file Ray
+    refuses to start at all instead of running open."""
+    import secrets
+    import urllib.error
+    import urllib.request
+
+    from ray_head import RayHead
+
+    (path,) = [p for p in _launcher_files() if p.name == "aws-gpu.yaml"]
+    cfg = yaml.safe_load(path.read_text())
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # the container's ~ (file_mounts expand ~ to it)
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    for key, value in _docker_env(cfg).items():
+        monkeypatch.setenv(key, value)
+    open_head = RayHead(num_cpus=1, dashboard=True)
+    try:
+        with pytest.raises(RuntimeError, match="(?i)token"):
+            open_head.start()
+    finally:
+        open_head.stop()  # only does something when it started (the failure case)
+    token = secrets.token_hex(16)
+    (mount,) = [dst for dst in cfg["file_mounts"] if dst == RAY_TOKEN_FILE]
+    Path(mount.replace("~", str(home), 1)).parent.mkdir(parents=True)
+    Path(mount.replace("~", str(home), 1)).write_text(token)
+
+    def jobs_api(headers: dict) -> int:
+        req = urllib.request.Request(f"{head.dashboard_url}/api/jobs/", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    with RayHead(num_cpus=1, dashboard=True) as head:
+        deadline = time.monotonic() + 120
+        while True:  # the dashboard may come up a little after `ray start` returns
+            try:
+                status = jobs_api({})
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the dashboard never answered"
+                time.sleep(1)
+        assert status == 401
+        assert jobs_api({"Authorization": "Bearer wrong"}) == 403
+        assert jobs_api({"Authorization": f"Bearer {token}"}) == 200
 
 
 # -------------------------------------------------------------------------------------------------- DeepSpeed
