@@ -1,0 +1,202 @@
+"""kd.runtime.tracking and kd.runtime.progress: a tracking server that does not answer fails in seconds naming the
+URI (through a real job entrypoint); runs end FINISHED / FAILED / KILLED and a rerun reuses its run (real sqlite
+store); the calm progress line's format and throttling, and Ray Data's own progress output kept for --verbose."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------ tracking server that hangs
+@pytest.fixture
+def eval_config(tmp_path) -> Path:
+    """A tiny, valid jobs.evaluate config (one baseline `run` task on real files)."""
+    (tmp_path / "run.trec").write_text("q1 Q0 d1 1 2.0 bm25\nq1 Q0 d2 2 1.0 bm25\n")
+    (tmp_path / "qrels.tsv").write_text("q1 0 d1 2\n")
+    cfg = {"tasks": [{"task": "run", "name": "tiny", "run": str(tmp_path / "run.trec"),
+                      "qrels": str(tmp_path / "qrels.tsv")}],
+           "output_dir": str(tmp_path / "out"), "mlflow": {"experiment": "unreachable"}}
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _evaluate_job(config: Path, *overrides: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    cmd = [sys.executable, "-m", "jobs.evaluate", "--config", str(config)]
+    for o in overrides:
+        cmd += ["--set", o]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    return proc, time.perf_counter() - start
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tracking_server_nobody_listens_fails_in_seconds_naming_the_uri(eval_config, tmp_path):
+    uri = f"http://127.0.0.1:{_free_port()}"
+    proc, seconds = _evaluate_job(eval_config, f"mlflow.tracking_uri={uri}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"the MLflow tracking server {uri} does not answer" in proc.stderr
+    assert "mlflow.tracking_uri" in proc.stderr and "Traceback" not in proc.stderr
+    assert seconds < 10
+    assert not (tmp_path / "out" / "results.json").exists()  # failed before any evaluation
+
+
+def test_tracking_server_that_accepts_but_never_answers_fails_in_seconds(eval_config, tmp_path):
+    with socket.socket() as silent:  # the kernel completes the handshake; nobody ever reads or replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}  # from the environment, as under `ray job submit`
+        proc, seconds = _evaluate_job(eval_config, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"the MLflow tracking server {uri} does not answer" in proc.stderr and "$MLFLOW_TRACKING_URI" in proc.stderr
+    assert seconds < 10
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_tracking_check_skips_disabled_tracking_and_file_stores(tmp_path):
+    from kd.config import MLflowConfig
+    from kd.runtime.tracking import check_tracking_server
+
+    dead = f"http://127.0.0.1:{_free_port()}"
+    check_tracking_server(MLflowConfig(enabled=False, tracking_uri=dead))  # nothing to reach
+    check_tracking_server(MLflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+
+
+# --------------------------------------------------------------------------------------- run status and reuse
+@pytest.fixture
+def sqlite_store(tmp_path):
+    import mlflow
+
+    from kd.config import MLflowConfig
+
+    cfg = MLflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="tracking-test")
+    yield cfg
+    mlflow.set_tracking_uri(None)  # do not leak a process-wide URI into later tests
+
+
+def _runs(cfg):
+    import mlflow
+
+    return mlflow.search_runs(experiment_names=[cfg.experiment], output_format="list")
+
+
+def test_mlflow_run_ends_failed_or_killed_when_the_body_raises(sqlite_store):
+    from kd.runtime.tracking import mlflow_run
+
+    with pytest.raises(ValueError):
+        with mlflow_run(sqlite_store, "fails", tags={"kd.job": "t"}):
+            raise ValueError("boom")
+    with pytest.raises(KeyboardInterrupt):
+        with mlflow_run(sqlite_store, "interrupted", tags={"kd.job": "t"}):
+            raise KeyboardInterrupt
+    with mlflow_run(sqlite_store, "works", tags={"kd.job": "t"}):
+        pass
+    status = {r.info.run_name: r.info.status for r in _runs(sqlite_store)}
+    assert status == {"fails": "FAILED", "interrupted": "KILLED", "works": "FINISHED"}
+
+
+def test_mlflow_run_reuse_reopens_the_run_of_the_same_job_and_name(sqlite_store, caplog):
+    import mlflow
+
+    from kd.runtime.tracking import log_params, mlflow_run
+
+    with pytest.raises(KeyboardInterrupt):
+        with mlflow_run(sqlite_store, "it's a name", tags={"kd.job": "score_teachers"}, reuse=True):
+            log_params({"a": 1, "b": 2})
+            raise KeyboardInterrupt
+    assert [r.info.status for r in _runs(sqlite_store)] == ["KILLED"]
+    with caplog.at_level(logging.WARNING, logger="kd.runtime.tracking"):
+        with mlflow_run(sqlite_store, "it's a name", tags={"kd.job": "score_teachers"}, reuse=True) as run:
+            log_params({"a": 1, "b": 3, "c": 4})  # b changed: MLflow refuses to overwrite a param
+            mlflow.log_metric("m", 1.0)
+    runs = _runs(sqlite_store)
+    assert len(runs) == 1 and runs[0].info.run_id == run.info.run_id and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params == {"a": "1", "b": "2", "c": "4"}
+    assert "b ('2' → '3')" in caplog.text
+    with mlflow_run(sqlite_store, "it's a name", tags={"kd.job": "other_job"}, reuse=True):
+        pass  # another job's run of the same name is a run of its own
+    assert len(_runs(sqlite_store)) == 2
+
+
+# -------------------------------------------------------------------------------------------------- progress
+class _Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_progress_line_format_and_throttling():
+    from kd.runtime.progress import Progress, format_duration
+
+    clock, lines = _Clock(), []
+    p = Progress("teacher scoring", 10_000, unit="triples", done=2_000, every=20, clock=clock, log=lines.append)
+    clock.t += 5
+    p.update(100)
+    assert lines == []  # nothing within the first 20 s
+    clock.t += 15
+    p.update(300)  # 400 rows in 20 s = 20/s; 7,600 left → 6m20s
+    assert lines == ["teacher scoring: 2,400/10,000 triples (24%), 20 triples/s, ETA 6m20s"]
+    for _ in range(10):  # many updates within one interval: still one line
+        clock.t += 1
+        p.update(10)
+    assert len(lines) == 1
+    clock.t += 10
+    p.update(7_500)
+    assert len(lines) == 1  # complete: the final line says it
+    p.close()
+    assert lines[-1] == "teacher scoring: 10,000/10,000 triples (100%), 200 triples/s in 40s"
+    assert format_duration(45) == "45s" and format_duration(250) == "4m10s" and format_duration(7500) == "2h05m"
+    quiet = []
+    q = Progress("x", 5, enabled=False, clock=clock, log=quiet.append)
+    clock.t += 60
+    q.update(5)
+    q.close()
+    assert quiet == [] and q.done == 5
+
+
+def test_ray_data_progress_bars_only_with_verbose():
+    from ray.data import DataContext
+
+    from kd.runtime.progress import quiet_ray_data, set_verbose
+
+    ctx = DataContext.get_current()
+    saved = ctx.enable_progress_bars, ctx.print_on_execution_start
+    try:
+        set_verbose(False)
+        quiet_ray_data()
+        assert ctx.enable_progress_bars is False and ctx.print_on_execution_start is False
+        set_verbose(True)
+        quiet_ray_data()
+        assert ctx.enable_progress_bars is True and ctx.print_on_execution_start is True
+    finally:
+        set_verbose(False)
+        ctx.enable_progress_bars, ctx.print_on_execution_start = saved
+
+
+def test_job_entrypoint_sets_verbose(eval_config, monkeypatch):
+    from jobs import evaluate as job
+    from kd.runtime import progress
+
+    seen = []
+    monkeypatch.setattr("kd.runtime.evaluation.evaluate", lambda cfg, on_result=None: seen.append(progress.is_verbose()) or [])
+    assert job.main(["--config", str(eval_config), "--set", "mlflow.enabled=false", "--verbose"]) == 0
+    assert job.main(["--config", str(eval_config), "--set", "mlflow.enabled=false"]) == 0
+    assert seen == [True, False]
