@@ -19,6 +19,26 @@ LOSS_KINDS = {
     "embedding_alignment": ("embedding", True),
 }
 LAYER_SCHEMES = ("top-bottom", "uniform", "bottom", "top", "middle")
+# the keyword options each architecture's constructor takes (student.options) and each loss's (loss.options)
+ARCHITECTURE_OPTIONS = {
+    "bert_cat": ("max_query_length", "max_passage_length"),
+    "bert_dot": ("pooling", "normalize", "projection_dim", "max_query_length", "max_passage_length"),
+    "colbert": ("dim", "n_mask_tokens", "max_query_length", "max_passage_length"),
+    "prettr": ("split_layer", "max_query_length", "max_passage_length"),
+    "tk": ("vocab_size", "embedding_dim", "num_layers", "num_heads", "ff_dim", "n_kernels", "sigma", "dropout",
+           "train_embeddings", "max_query_length", "max_passage_length"),
+    "tinybert_cat": ("max_length",),
+    "hf_cross_encoder": ("max_length",),
+}
+LOSS_OPTIONS = {
+    "margin_mse": (),
+    "mse": (),
+    "kl": ("temperature",),
+    "ranknet": (),
+    "standard_kd": ("alpha", "temperature"),
+    "simplified_tinybert": ("student_layers", "teacher_layers", "student_hidden", "teacher_hidden", "temperature"),
+    "embedding_alignment": (),
+}
 MINILM_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 

@@ -6,11 +6,15 @@ job's working_dir under `ray job submit`).
 """
 from __future__ import annotations
 
+import os
+import re
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypeVar
+from typing import Annotated, Any, Literal, Sequence, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -25,28 +29,89 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def _set_path(data: dict, dotted: str, value: Any, source: str) -> None:
-    """Set `a.b.0.c` inside nested dicts/lists (integer keys index lists)."""
+def _alternatives(annotation: Any) -> tuple:
+    """The types an annotation allows: the members of a Union / Optional, Annotated[...] unwrapped."""
+    if typing.get_origin(annotation) is Annotated:
+        return _alternatives(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return tuple(a for arg in typing.get_args(annotation) for a in _alternatives(arg))
+    return (annotation,)
+
+
+def models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config sections (pydantic models) an annotation allows."""
+    return [a for a in _alternatives(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+
+
+def container_of(annotation: Any) -> tuple[str, Any] | None:
+    """("dict", value type) for a mapping field, ("list", item type) for a list field, else None."""
+    for a in _alternatives(annotation):
+        origin, args = typing.get_origin(a) or a, typing.get_args(a)
+        if origin is dict:
+            return "dict", args[1] if len(args) == 2 else Any
+        if origin is list:
+            return "list", args[0] if args else Any
+    return None
+
+
+def _field_annotation(schema: Any, key: str) -> Any:
+    """The annotation of field `key` (its name or YAML alias) of the section(s) `schema` allows, else None."""
+    for model in models_in(schema):
+        for name, f in model.model_fields.items():
+            if key in (name, f.alias):
+                return f.annotation
+    return None
+
+
+def _mapping_key_length(node: dict, rest: list[str], value_type: Any) -> int:
+    """How many of the path's remaining parts make up one key of a free-form mapping: the longest prefix that is
+    already a key, else the parts before the first field of the mapping's value section, else all of them."""
+    for n in range(len(rest), 0, -1):
+        if ".".join(rest[:n]) in node:
+            return n
+    fields = {name for model in models_in(value_type) for name in model.model_fields}
+    return next((n for n in range(1, len(rest)) if rest[n] in fields), len(rest))
+
+
+def _set_path(data: dict, dotted: str, value: Any, source: str, schema: Any = None) -> None:
+    """Set `a.b.0.c` inside nested dicts/lists (integer keys index lists).
+
+    With `schema` (the config class), the keys of free-form mappings may hold dots: `search_space.training.lr` sets
+    the key `training.lr` of `search_space` (a dict field), as the YAML spells it, instead of a nested
+    `{training: {lr: ...}}` that the mapping refuses as "Extra inputs"; `search_space.training.lr.loguniform` sets
+    a field of that entry (see _mapping_key_length). Without a schema every dot descends one level.
+    """
     keys = dotted.split(".")
     node: Any = data
-    for depth, key in enumerate(keys):
-        last = depth == len(keys) - 1
+    i = 0
+    while i < len(keys):
+        key = keys[i]
         if isinstance(node, list):
             if not key.isdigit() or int(key) >= len(node):
                 raise ConfigError(f"{source}: cannot set {dotted!r}: no item {key!r} in a list of {len(node)}")
-            if last:
+            container = container_of(schema)
+            schema = container[1] if container and container[0] == "list" else None
+            i += 1
+            if i == len(keys):
                 node[int(key)] = value
                 return
             node = node[int(key)]
         elif isinstance(node, dict):
-            if last:
+            container = container_of(schema) if schema is not None and not models_in(schema) else None
+            if container and container[0] == "dict":
+                n = _mapping_key_length(node, keys[i:], container[1])
+                key, schema = ".".join(keys[i:i + n]), container[1]
+            else:
+                n, schema = 1, _field_annotation(schema, key)
+            i += n
+            if i == len(keys):
                 node[key] = value
                 return
             if node.get(key) is None:
                 node[key] = {}
             node = node[key]
         else:
-            raise ConfigError(f"{source}: cannot set {dotted!r}: {'.'.join(keys[:depth])!r} is not a section")
+            raise ConfigError(f"{source}: cannot set {dotted!r}: {'.'.join(keys[:i])!r} is not a section")
 
 
 def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
@@ -98,7 +163,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
             raise ConfigError(f"{path}: the top level must be a mapping of fields, got {type(loaded).__name__}")
         data = loaded
     for key, value in parse_overrides(overrides):
-        _set_path(data, key, value, source)
+        _set_path(data, key, value, source, schema=cls)
     try:
         return cls.model_validate(data)
     except ValidationError as e:
@@ -125,6 +190,74 @@ def _flatten(out: dict, key: str, value: Any) -> None:
 
 
 from pydantic import Field, field_validator, model_validator  # noqa: E402
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_MAX_LENGTH = 100
+
+
+def check_name(value: str) -> str:
+    """A name that goes into MLflow filter strings, folder names or model URIs (run, sweep, pipeline, registered
+    model, evaluation model and task names): 1-100 characters from [A-Za-z0-9._-], starting with a letter or digit.
+
+    That set needs no quoting in a filter literal, a `models:/name@alias` URI or a file name on any OS, cannot climb
+    out of a folder (`..`, `/`) or hide in one (`.x`), and 100 characters leave room for what jobs append
+    (`<pipeline>-student-<name>`, `<sweep>-<trial id>`) within a file name's 255 bytes. Raises ValueError.
+    """
+    if not value:
+        raise ValueError("empty name: give 1-100 letters, digits, '.', '_' or '-'")
+    if not NAME_RE.fullmatch(value) or len(value) > NAME_MAX_LENGTH:
+        raise ValueError(f"{value!r}: a name is 1-{NAME_MAX_LENGTH} letters, digits, '.', '_' or '-', starting with a "
+                         "letter or digit (it is used in MLflow searches, folder names and model URIs)")
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(check_name)]
+
+
+def check_metric(value: str) -> str:
+    """A metric kd.metrics computes (its parser decides: `ndcg@ten` is refused), in its canonical spelling
+    (`NDCG@10` → `ndcg@10`), which is the key the computed results carry."""
+    from kd.metrics import parse_metric
+
+    return parse_metric(value).name
+
+
+def _hub_offline() -> bool:
+    """huggingface_hub's reading of $HF_HUB_OFFLINE (or transformers' $TRANSFORMERS_OFFLINE), read now rather than
+    at its import, so a job's environment decides."""
+    return any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def model_source_error(value: str) -> str | None:
+    """None when a model argument (a local folder or a hub name) can be loaded, else what is wrong.
+
+    The resolution is kd.models.backbone.resolve's (kd.catalog.local_model_folder: an existing folder, or the
+    all-MiniLM-L6-v2 hub name mapped to the packaged copy); any other name must be a well-formed hub id
+    (huggingface_hub's own check: `name` or `org/name`, so a relative path of a folder that does not exist yet,
+    `outputs/runs/x/final_model`, is refused rather than sent to the hub). Offline ($HF_HUB_OFFLINE set) the id
+    must also be in the hub cache, as that is all from_pretrained can read there. Online, a well-formed id that is
+    not cached is accepted: checking that it exists would need the network at validation time, and the download
+    itself reports a missing repository by name. A path-looking value (./, /, ~) is never a hub id.
+    """
+    from kd.catalog import local_model_folder
+
+    if local_model_folder(value) is not None:
+        return None
+    if value.startswith((".", "/", "~")):
+        return f"model folder not found: {value}"
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return f"model folder not found: {value} (nor is it a hub model id: name or org/name)"
+    if _hub_offline() and not isinstance(try_to_load_from_cache(value, "config.json"), str):
+        return (f"{value!r} is not a local folder, and HF_HUB_OFFLINE is set but the hub cache has no copy of it "
+                "(download it once online, or give a local folder)")
+    return None
 
 
 class MLflowConfig(Strict):
@@ -268,7 +401,7 @@ class ValidationConfig(Strict):
     top_k: int = Field(100, ge=1)
     max_queries: int | None = Field(None, ge=1)
     every_steps: int = Field(500, ge=1)
-    metric: str = "ndcg@10"
+    metric: Annotated[str, AfterValidator(check_metric)] = "ndcg@10"
     relevance_level: int = Field(1, ge=1)
     batch_size: int = Field(64, ge=1)
 
@@ -330,7 +463,7 @@ class TrainingConfig(Strict):
 class RegistryConfig(Strict):
     """Register the best student as `name` and point `alias` at the new version (`models:/name@alias`)."""
 
-    name: str | None = None  # None: log the model but do not register it
+    name: SafeName | None = None  # None: log the model but do not register it
     alias: str = "current"
     dataset_tag: str | None = None
 
@@ -346,7 +479,7 @@ class RegistryConfig(Strict):
 
 
 class RunSection(Strict):
-    name: str  # deterministic: rerunning with the same name resumes
+    name: SafeName  # deterministic: rerunning with the same name resumes (Ray Train folder, MLflow tag kd.run_name)
     storage_path: str = "./outputs/runs"
 
 
@@ -370,6 +503,7 @@ class DistillConfig(Strict):
         if self.student.architecture not in ARCHITECTURES:
             errors.append(("student.architecture",
                            f"unknown architecture {self.student.architecture!r}; known: {sorted(ARCHITECTURES)}"))
+        errors += self._option_errors()
 
         def fits(name: str) -> bool:
             kind, needs_teacher = LOSS_KINDS[name]
@@ -406,10 +540,10 @@ class DistillConfig(Strict):
             errors.append(("teacher.model", f"mode {self.mode!r} runs a teacher model inside the step"))
         if self.mode == "in_loop" and self.student.architecture != "tinybert_cat":
             errors.append(("student.architecture", "in_loop KD trains a tinybert_cat student (2-class logits)"))
-        for field_name in ("teacher.model",):
-            value = self.teacher.model
-            if value and value.startswith((".", "/", "~")) and not Path(value).expanduser().exists():
-                errors.append((field_name, f"teacher folder not found: {value}"))
+        for field_name, value in (("student.backbone", self.student.backbone), ("teacher.model", self.teacher.model)):
+            problem = model_source_error(value) if value else None
+            if problem:
+                errors.append((field_name, problem))
         if self.data.exclude_query_ids_from and not Path(self.data.exclude_query_ids_from).is_file():
             errors.append(("data.exclude_query_ids_from", f"file not found: {self.data.exclude_query_ids_from}"))
         init = self.student.init
@@ -444,6 +578,31 @@ class DistillConfig(Strict):
         if errors:
             raise ValueError("\n".join(f"field {f}: {m}" for f, m in errors))
         return self
+
+    def _option_errors(self) -> list[tuple[str, str]]:
+        """Keys of student.options / loss.options that the constructor they are passed to does not take.
+
+        student.options go to the architecture's constructor (BertDot's for other_model init); teacher_layers init
+        copies the teacher, options and all, so options given there would be dropped. Unknown options used to fail
+        only as a TypeError inside the Ray workers, or not at all."""
+        from kd.catalog import ARCHITECTURE_OPTIONS, LOSS_OPTIONS
+
+        errors = []
+        strategy = self.student.init.strategy
+        if strategy == "teacher_layers" and self.student.options:
+            errors.append(("student.options", "teacher_layers init copies the teacher's options; "
+                                              f"{sorted(self.student.options)} would be ignored, remove them"))
+        architecture = "bert_dot" if strategy == "other_model" else self.student.architecture
+        for section, name, options, known in (
+                ("student.options", architecture, self.student.options, ARCHITECTURE_OPTIONS),
+                ("loss.options", self.loss.name, self.loss.options, LOSS_OPTIONS)):
+            if name not in known or section == "student.options" and strategy == "teacher_layers":
+                continue
+            for key in options:
+                if key not in known[name]:
+                    allowed = f"its options: {list(known[name])}" if known[name] else "it takes no options"
+                    errors.append((f"{section}.{key}", f"{name!r} has no option {key!r}; {allowed}"))
+        return errors
 
 
 class MineTriplesConfig(Strict):

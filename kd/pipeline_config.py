@@ -38,18 +38,20 @@ from kd.config import (
     MineTriplesConfig,
     MLflowConfig,
     RegistryConfig,
+    SafeName,
     ScoreTeachersConfig,
     Strict,
     TeacherSpec,
     TextSource,
     ValidationConfig,
+    check_metric,
+    check_name,
 )
 from kd.eval_config import EvalConfig, ModelSpec
 
 # stand-ins for files and folders that earlier stages produce (only their existence matters to the validators)
 _PLACEHOLDER_FILE = str(Path(__file__).resolve())
 _PLACEHOLDER_DIR = str(Path(__file__).resolve().parent)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def resources_dir() -> Path:
@@ -163,7 +165,7 @@ def _stage_lines(prefix: str, err: Exception) -> list[str]:
 class PipelineConfig(Strict):
     """jobs/pipeline.py: the end-to-end pipeline (see the module docstring)."""
 
-    name: str = Field(description="pipeline name: parent MLflow run, Ray Train run names")
+    name: SafeName = Field(description="pipeline name: parent MLflow run, Ray Train run names")
     output_dir: str = "outputs/pipeline"
     mlflow: MLflowConfig = MLflowConfig(experiment="kd-pipeline")
     ray: RayConfig = RayConfig()
@@ -187,13 +189,6 @@ class PipelineConfig(Strict):
     @classmethod
     def _resources(cls, data: Any) -> Any:
         return _expand(data, str(resources_dir())) if isinstance(data, dict) else data
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError(f"{v!r}: letters, digits, '.', '_' and '-' only (used in run names and folders)")
-        return v
 
     @field_validator("triples", "teacher_scores")
     @classmethod
@@ -224,8 +219,10 @@ class PipelineConfig(Strict):
             if dupes:
                 errors.append(f"field {what}: names must be unique, repeated: {dupes}")
             for n in items:
-                if not _NAME.match(n):
-                    errors.append(f"field {what}: name {n!r}: letters, digits, '.', '_' and '-' only")
+                try:
+                    check_name(n)
+                except ValueError as e:
+                    errors.append(f"field {what}: name {e}")
         if self.registration is not None and self.registration.enabled:
             for i, s in enumerate(self.students):
                 if s.registry.name is None:
@@ -237,6 +234,11 @@ class PipelineConfig(Strict):
                 errors.append("field register.select_by: expected '<dataset>:<metric>', e.g. 'dl19:ndcg@10'")
             elif self.evaluate is None or dataset not in {t.name for t in self.evaluate.tasks}:
                 errors.append(f"field register.select_by: no evaluation task named {dataset!r}")
+            else:
+                try:
+                    check_metric(metric)
+                except ValueError as e:
+                    errors.append(f"field register.select_by: {e}")
         if errors:  # the stage configs below would only repeat these
             raise ValueError("\n".join(errors))
         checks = [("mine", lambda: self.mine_config()) if self.mine is not None else None]

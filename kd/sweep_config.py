@@ -29,16 +29,14 @@ import difflib
 import itertools
 import json
 import math
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
 
-from kd.config import ConfigError, DistillConfig, MLflowConfig, RegistryConfig, Strict, _set_path
-from kd.config import format_validation_error
+from kd.config import NAME_MAX_LENGTH, ConfigError, DistillConfig, MLflowConfig, RegistryConfig, SafeName, Strict
+from kd.config import _set_path, check_metric, check_name, container_of, format_validation_error, models_in
 
 KINDS = ("grid", "choice", "uniform", "quniform", "loguniform", "qloguniform", "randint", "qrandint", "lograndint",
          "randn")
@@ -137,7 +135,7 @@ class TrialDriverConfig(Strict):
 class SweepRegistryConfig(Strict):
     """Register the best trial's model as `name` and move `alias` to the new version (the old version stays)."""
 
-    name: str | None = None
+    name: SafeName | None = None
     alias: str = "champion"
     dataset_tag: str | None = None
 
@@ -151,13 +149,26 @@ class SweepRegistryConfig(Strict):
         return v
 
 
+TRIAL_SUFFIX_LENGTH = 20  # trial run names are `<sweep>-<Ray trial id>` (e.g. 5f3a1_00000)
+
+
+def check_sweep_name(name: str) -> str:
+    """kd.config.check_name, with room left for the trial id that every trial's run name appends."""
+    check_name(name)
+    if len(name) > NAME_MAX_LENGTH - TRIAL_SUFFIX_LENGTH:
+        raise ValueError(f"{name!r}: a sweep name is at most {NAME_MAX_LENGTH - TRIAL_SUFFIX_LENGTH} characters (its "
+                         f"trials' run names append -<trial id>, and a run name is at most {NAME_MAX_LENGTH})")
+    return name
+
+
 class SweepConfig(Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
-                      description="deterministic: rerunning the same name resumes the sweep (Tuner.restore)")
+    name: Annotated[str, AfterValidator(check_sweep_name)] = Field(
+        description="deterministic: rerunning the same name resumes the sweep (Tuner.restore)")
     base: DistillConfig
     search_space: dict[str, Dimension] = Field(min_length=1)
     num_samples: int = Field(1, ge=1, description="samples of the space (the grid is repeated num_samples times)")
-    metric: str | None = Field(None, description="validation metric to maximise; default base.validation.metric")
+    metric: Annotated[str, AfterValidator(check_metric)] | None = Field(
+        None, description="validation metric to maximise; default base.validation.metric")
     scheduler: SchedulerConfig = SchedulerConfig()
     max_concurrent_trials: int | Literal["auto"] = "auto"
     trial_driver: TrialDriverConfig = TrialDriverConfig()
@@ -187,8 +198,14 @@ class SweepConfig(Strict):
             base = json.loads(json.dumps(base))  # a private copy
             if base.get("run") is None:
                 base["run"] = {}
-            if isinstance(base["run"], dict):
-                base["run"].setdefault("name", f"{data.get('name', 'sweep')}-trial")
+            if isinstance(base["run"], dict) and "name" not in base["run"]:
+                name = data.get("name", "sweep")
+                if isinstance(name, str):  # the trial run names derive from it: name the field the user wrote
+                    try:
+                        check_sweep_name(name)
+                    except ValueError as e:
+                        raise ValueError(f"field name: {e}") from None
+                base["run"]["name"] = f"{name}-trial"
             data["base"] = base
             try:  # here, so that errors read `field base.<field>: ...`
                 DistillConfig.model_validate(base)
@@ -240,27 +257,12 @@ class SweepConfig(Strict):
 
 
 # ------------------------------------------------------------------------------------------------ field paths
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    args = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) else (annotation,)
-    return [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
-
-
-def _container(annotation: Any) -> str | None:
-    args = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) else (annotation,)
-    for a in args:
-        origin = typing.get_origin(a) or a
-        if origin is dict:
-            return "dict"
-        if origin is list:
-            return "list"
-    return None
-
-
 def field_path_error(path: str, root: type[BaseModel] = DistillConfig) -> str | None:
     """None if `path` (dotted) names a field of `root`, else a message saying what is wrong.
 
-    Free-form mappings (`student.options`, `loss.options`) accept any key: their contents are checked when the
-    model or loss is built. List fields accept an index (`data.query_files.0`).
+    Free-form mappings (`student.options`, `loss.options`) accept any key here: DistillConfig's own check refuses
+    an option the architecture or loss does not take, for every checked point. List fields accept an index
+    (`data.query_files.0`).
     """
     parts = path.split(".")
     cls: type[BaseModel] = root
@@ -276,11 +278,11 @@ def field_path_error(path: str, root: type[BaseModel] = DistillConfig) -> str | 
         if not rest:
             return None
         annotation = fields[part].annotation
-        models = _models_in(annotation)
+        models = models_in(annotation)
         if models:
             cls = models[0]
             continue
-        container = _container(annotation)
+        container = (container_of(annotation) or (None,))[0]
         if container == "dict":
             return None
         if container == "list" and len(rest) == 1 and rest[0].isdigit():

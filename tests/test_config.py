@@ -1,14 +1,18 @@
 """Configs: YAML + --set overrides, validation messages naming file and field, the import-light catalog."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from kd.catalog import ARCHITECTURES, LAYER_SCHEMES, LOSS_KINDS
 from kd.config import ConfigError, DistillConfig, ScoreTeachersConfig, load_config, parse_overrides, to_flat_dict
 from kd.training import rank_batches
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_catalog_matches_the_registries():
@@ -80,3 +84,141 @@ def test_rank_batches_are_deterministic_disjoint_and_equal_per_rank():
     seen1 = {i for b in a1 for i in b}
     assert not seen0 & seen1
     assert rank_batches(103, 1, 5, 0, 2, 8) != a0  # a new permutation each epoch
+
+
+# ------------------------------------------------------------------------ names, options, metrics, models (issue 14)
+def _distill(tmp_path, *sets):
+    """A score_file DistillConfig on placeholder files (only their existence is checked), plus `sets`."""
+    for name in ("scores.tsv", "queries.tsv", "passages.tsv"):
+        (tmp_path / name).write_text("")
+    base = ["mode=score_file", "student.architecture=bert_dot", "loss.name=margin_mse", "run.name=r",
+            f"teacher.scores={tmp_path / 'scores.tsv'}", f"data.queries={tmp_path / 'queries.tsv'}",
+            f"data.passages={tmp_path / 'passages.tsv'}"]
+    return load_config(DistillConfig, None, base + list(sets))
+
+
+def test_filter_literal_finds_exactly_the_named_run_in_a_real_store(tmp_path):
+    import mlflow
+
+    from kd.runtime.tracking import filter_literal
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("names")
+    crafted = "b' and tags.`kd.job` != 'x"  # pasted into '...', this matches run b
+    names = ["it's", "it", "its", "b", crafted, 'say "hi"']
+    ids = {n: client.create_run(exp, tags={"kd.run_name": n, "kd.job": "distill"}).info.run_id for n in names}
+
+    def find(literal: str) -> list[str]:
+        found = client.search_runs([exp], f"tags.`kd.run_name` = {literal} and tags.`kd.job` = 'distill'")
+        return [r.info.run_id for r in found]
+
+    assert find(f"'{crafted}'") == [ids["b"]]  # the old, unquoted paste: another run
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        find("'it's'")  # the old paste of `it's`: the search itself fails
+    for name in names:
+        assert find(filter_literal(name)) == [ids[name]], name
+    for bad in ("a'b\"c", "back\\slash"):  # not expressible in MLflow's filter grammar: refused, never pasted
+        with pytest.raises(ValueError, match="cannot be used in an MLflow filter"):
+            filter_literal(bad)
+
+
+@pytest.mark.parametrize("bad", ["it's", "", "../x", ".hidden", "a b", "x" * 101, "a/b"])
+def test_run_and_registry_names_are_a_safe_character_set(tmp_path, bad):
+    assert _distill(tmp_path, "run.name=a-Z_0.9", "registry.name=m.1").run.name == "a-Z_0.9"
+    for field in ("run.name", "registry.name"):
+        with pytest.raises(ConfigError, match=rf"field {field}: .*(empty name|letters, digits)"):
+            _distill(tmp_path, f"{field}={bad!r}" if bad else f"{field}=''")
+
+
+def test_evaluation_model_and_task_names_cannot_leave_the_output_folder(tmp_path, shared_data):
+    from kd.eval_config import EvalConfig
+
+    scifact = shared_data / "beir" / "scifact"
+    sets = [f"tasks=[{{task: dense, name: scifact, beir: {scifact}}}]", f"models=[{{name: m, path: {tmp_path}}}]"]
+    assert load_config(EvalConfig, None, sets).models[0].name == "m"
+    for field, value, shown in (("models.0.name", "../x", "models.0.name"), ("models.0.name", "..", "models.0.name"),
+                                ("tasks.0.name", "..", "tasks.0.dense.name")):
+        with pytest.raises(ConfigError, match=rf"field {shown}: '{re.escape(value)}': a name is"):
+            load_config(EvalConfig, None, sets + [f"{field}={value}"])
+
+
+def test_pipeline_names_are_checked_by_the_same_rule():
+    from kd.pipeline_config import PipelineConfig
+
+    with pytest.raises(ConfigError, match=r"field name: \"it's\": a name is"):
+        load_config(PipelineConfig, REPO / "configs" / "smoke.yaml", ["name=it's"])
+    with pytest.raises(ConfigError, match=r"field students: name \"it's\": a name is"):
+        load_config(PipelineConfig, REPO / "configs" / "smoke.yaml", ["students.0.name=it's"])
+
+
+def test_validation_metric_is_one_kd_metrics_computes(tmp_path):
+    assert _distill(tmp_path, "validation.metric=NDCG@10").validation.metric == "ndcg@10"  # the results' key
+    assert _distill(tmp_path, "validation.metric=mrr@100").validation.metric == "mrr@100"
+    with pytest.raises(ConfigError, match=r"field validation.metric: unknown metric 'ndcg@ten'"):
+        _distill(tmp_path, "validation.metric=ndcg@ten")
+
+
+def test_catalog_options_match_the_constructor_signatures():
+    import inspect
+
+    from kd.catalog import ARCHITECTURE_OPTIONS, LOSS_OPTIONS
+    from kd.losses import LOSSES
+    from kd.models import MODELS
+
+    def taken(init, kinds):
+        return tuple(p.name for p in inspect.signature(init).parameters.values() if p.kind in kinds and p.name != "self")
+
+    keyword = (inspect.Parameter.KEYWORD_ONLY,)
+    assert {n: taken(c.__init__, keyword) for n, c in MODELS.items()} == ARCHITECTURE_OPTIONS
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    assert {n: taken(c.__init__, named) for n, c in LOSSES.items()} == LOSS_OPTIONS
+
+
+def test_unknown_student_and_loss_options_are_refused_naming_key_and_allowed(tmp_path):
+    cfg = _distill(tmp_path, "student.options={pooling: mean, max_passage_length: 64}", "loss.name=kl",
+                   "loss.options={temperature: 2.0}")
+    assert cfg.student.options["pooling"] == "mean" and cfg.loss.options == {"temperature": 2.0}
+    with pytest.raises(ConfigError) as e:
+        _distill(tmp_path, "student.options.pooling_mode=mean", "loss.name=kl", "loss.options.temprature=2")
+    msg = str(e.value)
+    assert "field student.options.pooling_mode: 'bert_dot' has no option 'pooling_mode'; its options: ['pooling'," in msg
+    assert "field loss.options.temprature: 'kl' has no option 'temprature'; its options: ['temperature']" in msg
+    with pytest.raises(ConfigError, match=r"field loss.options.margin: 'margin_mse' has no option 'margin'; it takes no"):
+        _distill(tmp_path, "loss.options.margin=1")
+    with pytest.raises(ConfigError, match=r"field student.options.max_query_length: 'tinybert_cat' has no option"):
+        _distill(tmp_path, "mode=in_loop", "student.architecture=tinybert_cat", "loss.name=standard_kd",
+                 f"teacher.model={tmp_path}", f"data.triples={tmp_path / 'scores.tsv'}",
+                 "student.options.max_query_length=30")
+    with pytest.raises(ConfigError, match=r"field student.options: teacher_layers init copies the teacher's options"):
+        _distill(tmp_path, f"teacher.model={tmp_path}", "student.init={strategy: teacher_layers, layers: [0]}",
+                 "student.options.pooling=mean")
+
+
+def _fake_hub_cache(root, repo_id: str):
+    """The layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<commit>/config.json}."""
+    folder = root / f"models--{repo_id.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    (folder / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (folder / "snapshots" / ("0" * 40) / "config.json").write_text("{}")
+
+
+def test_a_backbone_that_cannot_resolve_is_refused_at_validation(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    _fake_hub_cache(tmp_path / "hub", "org/cached-model")
+    for ok in ("sentence-transformers/all-MiniLM-L6-v2", str(tmp_path), "org/cached-model"):
+        assert _distill(tmp_path, f"student.backbone={ok}").student.backbone == ok
+    for bad, message in (("./no/such/folder", "model folder not found: ./no/such/folder"),
+                         ("outputs/runs/x/final_model", "model folder not found: outputs/runs/x/final_model \\(nor"),
+                         ("org/not-cached", "'org/not-cached' is not a local folder, and HF_HUB_OFFLINE is set")):
+        with pytest.raises(ConfigError, match=rf"field student.backbone: {message}"):
+            _distill(tmp_path, f"student.backbone={bad}")
+    with pytest.raises(ConfigError, match=r"field teacher.model: model folder not found: ./no/teacher"):
+        _distill(tmp_path, "teacher.model=./no/teacher")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    assert _distill(tmp_path, "student.backbone=org/not-cached").student.backbone == "org/not-cached"  # online
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from kd.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "test-sweep"
@@ -284,3 +287,59 @@ def test_sweep_config_is_import_light_and_sizes_trials_to_the_cluster(data):
     assert max_concurrent(gpu_cfg, {"CPU": 64.0, "GPU": 8.0}) == 4  # GPUs are the limit: 8 // 2
     with pytest.raises(ConfigError, match="one trial needs 2 GPU"):
         max_concurrent(gpu_cfg, {"CPU": 64.0, "GPU": 1.0})
+
+
+def _tiny_sweep(tmp_path, shared_data) -> Path:
+    """A valid sweep YAML on real validation files and placeholder training files (config checks only)."""
+    for name in ("scores.tsv", "triples.tsv"):
+        (tmp_path / name).write_text("")
+    dl19, scifact = shared_data / "trec-dl-2019", shared_data / "beir" / "scifact"
+    cfg = {
+        "name": "tiny", "scheduler": {"name": "fifo"},
+        "base": {"mode": "score_file", "student": {"architecture": "bert_dot"}, "loss": {"name": "margin_mse"},
+                 "teacher": {"scores": str(tmp_path / "scores.tsv")},
+                 "data": {"queries": str(scifact / "queries.jsonl"), "passages": str(scifact / "corpus.jsonl"),
+                          "triples": str(tmp_path / "triples.tsv")},
+                 "validation": {"run": str(dl19 / "runs" / "BM25.top100.trec"), "qrels": str(dl19 / "qrels" / "test.tsv"),
+                                "queries": str(dl19 / "queries.jsonl"), "passages": str(dl19 / "corpus.jsonl")},
+                 "training": {"max_steps": 4}},
+        "search_space": {"training.lr": {"grid": [1.0e-4]}},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_set_reaches_dotted_search_space_keys(tmp_path, shared_data):
+    from kd.config import load_config
+    from kd.sweep_config import SweepConfig
+
+    path = _tiny_sweep(tmp_path, shared_data)
+    cfg = load_config(SweepConfig, path, ["search_space.training.lr={loguniform: [1e-5, 1e-3]}",
+                                          "search_space.student.init.num_layers={grid: [2, 3]}",
+                                          "trial_driver.resources.node:10.0.0.1=0.01"])
+    assert cfg.search_space["training.lr"].loguniform == [1e-5, 1e-3] and cfg.search_space["training.lr"].grid is None
+    assert cfg.search_space["student.init.num_layers"].grid == [2, 3]
+    assert cfg.trial_driver.resources == {"node:10.0.0.1": 0.01}  # Ray resource names hold dots too
+    cfg = load_config(SweepConfig, path, ["search_space.training.lr.grid=[1.0e-4, 3.0e-4]",  # a field of an entry
+                                          "search_space.training.max_steps.grid=[2, 4]"])
+    assert cfg.search_space["training.lr"].grid == [1e-4, 3e-4] and cfg.search_space["training.max_steps"].grid == [2, 4]
+    assert load_config(SweepConfig, path, ["search_space.training.lr.grid.0=2.0e-4"]).search_space["training.lr"].grid \
+        == [2e-4]
+    with pytest.raises(ConfigError, match=r"field search_space.trainng.lr: the distill config has no field 'trainng'"):
+        load_config(SweepConfig, path, ["search_space.trainng.lr={grid: [1e-4]}"])
+
+
+def test_sweep_names_and_metric_are_checked(tmp_path, shared_data):
+    from kd.config import load_config
+    from kd.sweep_config import SweepConfig
+
+    path = _tiny_sweep(tmp_path, shared_data)
+    assert load_config(SweepConfig, path, ["metric=MRR@10"]).target_metric == "mrr@10"
+    for sets, message in ((["name=it's"], "field name: \"it's\": a name is"),
+                          (["registry.name=../m"], "field registry.name: '../m': a name is"),
+                          (["metric=ndcg@ten"], "field metric: unknown metric 'ndcg@ten'"),
+                          (["base.run.name="], "field base.run.name: empty name"),
+                          ([f"name={'s' * 81}"], "field name: '" + "s" * 81 + "': a sweep name is at most 80")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(SweepConfig, path, sets)
