@@ -32,7 +32,7 @@ def _read_texts(path: str, *, use_title: bool = True) -> tuple[list[str], list[s
         texts = load_passages(path, use_title=use_title, show_progress=False)
         return list(texts.keys()), list(texts.values())
     ids, out = [], []
-    with open(p, encoding="utf-8") as f:
+    with open(p, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first id/text
         lines = [line.rstrip("\n") for line in f if line.strip()]
     tsv = bool(lines) and all("\t" in line for line in lines)
     for n, line in enumerate(lines, 1):

@@ -33,7 +33,7 @@ def config_path() -> Path:
 def read_pairs(path: str | Path) -> list[dict]:
     """JSONL rows with `query`, `passage`, `label` (1 relevant / 0 not) and optional `qid`/`docid`."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark does not break line 1
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue

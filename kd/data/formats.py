@@ -22,7 +22,12 @@ dropped silently.  Whole-file problems (an empty file, a file in which no line w
 in both modes.
 
 Line endings ``\\n`` and ``\\r\\n`` are accepted; files are UTF-8; a ``.gz`` suffix is read and
-written through :mod:`gzip`.  A blank line is a bad line (reason ``"blank line"``).
+written through :mod:`gzip`.  A blank line is a bad line (reason ``"blank line"``).  Every reader opens
+its file through :func:`_open_input`, which skips a leading UTF-8 byte-order mark (Notepad, Excel's
+"CSV UTF-8" and PowerShell write one); a byte-order mark at the start of any later line (files
+concatenated with ``cat``) is a bad line (reason ``"misplaced byte-order mark"``), since it would
+otherwise become part of an id.  A missing input file raises :class:`MissingFileError`, a
+:class:`FormatError` that is also a ``FileNotFoundError``.
 
 Large files
 -----------
@@ -73,6 +78,19 @@ INVALID_UTF8 = "invalid UTF-8"
 UNKNOWN_QUERY_ID = "unknown query id"
 UNKNOWN_PASSAGE_ID = "unknown passage id"
 UNKNOWN_DOCUMENT_ID = "unknown document id"
+MISPLACED_BOM = "misplaced byte-order mark"
+SCORE_OUT_OF_RANGE = "score out of range"
+MISSING_FILE = "missing file"
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+# Largest |score| accepted in a teacher-score file (reason "score out of range").  Teacher scores are
+# ranker outputs: cross-encoder logits (|s| of order 10), dot products of embeddings (order 10-100 even
+# unnormalised), BM25 (order 10 for real queries); real ones stay far below 1e4.  A larger magnitude is
+# a broken file (a column of ids read as scores, exponentiated logits, a unit bug), and it is harmful
+# as well as wrong: Margin-MSE squares the margin, and (1e30)^2 overflows float32 (max 3.4e38) to inf,
+# so one such line makes the loss inf/NaN.  1e4 keeps squared margins below 4e8, exact enough in float32.
+MAX_ABS_TEACHER_SCORE = 1e4
 
 BEIR_QRELS_HEADER = ("query-id", "corpus-id", "score")
 
@@ -106,6 +124,12 @@ class FormatError(ValueError):
         if self.path is not None:
             where = f"{self.path}, line {line}: " if line is not None else f"{self.path}: "
         super().__init__(where + message)
+
+
+class MissingFileError(FormatError, FileNotFoundError):
+    """An input file (or folder) that does not exist: bad input, so a :class:`FormatError` (job
+    entrypoints report it in one line, exit code 2), and a ``FileNotFoundError`` for callers that
+    catch that."""
 
 
 @dataclass
@@ -174,41 +198,64 @@ def _short(s: str, n: int = 80) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _open_binary(path: PathLike, mode: str = "rb") -> IO[bytes]:
+def _open_input(path: PathLike) -> IO[bytes]:
+    """Open an input file for binary reading (``.gz``: through gzip), positioned after a leading
+    UTF-8 byte-order mark.
+
+    The one place every reader opens its file: left in, the mark became part of line 1 (the
+    first query id of a run turned into ``'\\ufeff264014'``, judged nowhere, which cost nDCG@10
+    without a word; the BEIR qrels header stopped being recognised).  Binary, not
+    ``encoding="utf-8-sig"``, because the readers decode per line (to name a bad line) and the
+    memory-mapped index needs byte offsets; after a skipped mark, ``f.tell()`` is 3.
+    """
     p = str(path)
-    if p.endswith(".gz"):
-        return gzip.open(p, mode)  # type: ignore[return-value]
-    return open(p, mode)  # noqa: SIM115
+    f = gzip.open(p, "rb") if p.endswith(".gz") else open(p, "rb")  # noqa: SIM115
+    if f.read(len(UTF8_BOM)) != UTF8_BOM:
+        f.seek(0)
+    return f  # type: ignore[return-value]
 
 
 def _check_nonempty(path: PathLike) -> None:
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file")
+        raise MissingFileError("no such file", path=p, reason=MISSING_FILE)
     if p.is_dir():
         raise FormatError("is a directory, expected a file", path=p)
     if p.stat().st_size == 0:
         raise FormatError("empty file", path=p, reason="empty file")
 
 
+def _decode_line(raw: bytes, lineno: int, path: PathLike, stats: ReadStats, strict: bool) -> str | None:
+    """One line's text (line ending stripped), or ``None`` for a bad line (counted or raised):
+    invalid UTF-8, blank, or starting with a byte-order mark (only the file's start may have one,
+    and :func:`_open_input` has skipped that).  The line rules every reader shares."""
+    raw = raw.rstrip(b"\r\n")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        _bad(stats, strict, path, lineno, INVALID_UTF8, str(e))
+        return None
+    if not text.strip():
+        _bad(stats, strict, path, lineno, BLANK_LINE)
+        return None
+    if text.startswith("\ufeff"):
+        _bad(stats, strict, path, lineno, MISPLACED_BOM,
+             "a UTF-8 byte-order mark starts this line (files concatenated?); only the file's start may have one")
+        return None
+    return text
+
+
 def _iter_lines(path: PathLike, stats: ReadStats, strict: bool) -> Iterator[tuple[int, str]]:
-    """Yield ``(lineno, text)`` for every non-blank, valid-UTF-8 line (endings stripped)."""
+    """Yield ``(lineno, text)`` for every line :func:`_decode_line` accepts (endings stripped)."""
     _check_nonempty(path)
-    with _open_binary(path) as f:
+    with _open_input(path) as f:
         lineno = 0
         for lineno, raw in enumerate(f, 1):  # noqa: B007
             stats.lines += 1
-            raw = raw.rstrip(b"\r\n")
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                _bad(stats, strict, path, lineno, INVALID_UTF8, str(e))
-                continue
-            if not text.strip():
-                _bad(stats, strict, path, lineno, BLANK_LINE)
-                continue
-            yield lineno, text
-    if lineno == 0:  # e.g. an empty .gz member
+            text = _decode_line(raw, lineno, path, stats, strict)
+            if text is not None:
+                yield lineno, text
+    if lineno == 0:  # e.g. an empty .gz member, or a file holding only a byte-order mark
         raise FormatError("empty file", path=path, reason="empty file")
 
 
@@ -223,8 +270,13 @@ def _finish(stats: ReadStats, what: str = "records") -> None:
 
 
 def _parse_score(s: str) -> float | None:
-    """Python float() minus the forms the format does not allow (spaces, underscores)."""
-    if not s or "_" in s or s != s.strip():
+    """Python float() of the field minus the forms the format does not allow (underscores).
+
+    Whitespace around the number is allowed, as around ids: the fast teacher-score path
+    (pyarrow) accepts spaces there, and both paths must accept exactly the same files.
+    """
+    s = s.strip()
+    if not s or "_" in s:
         return None
     try:
         return float(s)
@@ -428,7 +480,7 @@ def read_qrels(path: PathLike, *, strict: bool = True, stats: ReadStats | None =
     otherwise.  Used for MS MARCO ``qrels.*.tsv`` (TREC, tab separated) and BEIR ``qrels/*.tsv``.
     """
     _check_nonempty(path)
-    with _open_binary(path) as f:
+    with _open_input(path) as f:
         first = f.readline().decode("utf-8", errors="replace").rstrip("\r\n")
     fields = first.split("\t")
     is_beir = tuple(x.strip().lower() for x in fields) == BEIR_QRELS_HEADER or len(fields) == 3
@@ -657,6 +709,21 @@ class TeacherScores:
         return TeacherScores(**cols, path=parts[0].path, first_line=parts[0].first_line)
 
 
+_OUT_OF_RANGE = (f"|score| above {MAX_ABS_TEACHER_SCORE:g} is no ranker's score "
+                 "(see MAX_ABS_TEACHER_SCORE in kd.data.formats)")
+
+
+def _teacher_score_or_bad(
+    s: str, stats: ReadStats, strict: bool, path: PathLike, lineno: int, what: str
+) -> float | None:
+    """A finite score with ``|score| <= MAX_ABS_TEACHER_SCORE`` (see there for why), else a bad line."""
+    v = _score_or_bad(s, stats, strict, path, lineno, what)
+    if v is not None and abs(v) > MAX_ABS_TEACHER_SCORE:
+        _bad(stats, strict, path, lineno, SCORE_OUT_OF_RANGE, f"{what} {_short(s)}: {_OUT_OF_RANGE}")
+        return None
+    return v
+
+
 def _teacher_fields(
     text: str, lineno: int, path: PathLike, stats: ReadStats, strict: bool
 ) -> TeacherScore | None:
@@ -665,10 +732,10 @@ def _teacher_fields(
         _bad(stats, strict, path, lineno, WRONG_COLUMNS,
              f"expected 5 tab-separated columns (pos_score neg_score qid pos_pid neg_pid), got {len(parts)}")
         return None
-    pos = _score_or_bad(parts[0], stats, strict, path, lineno, "pos_score")
+    pos = _teacher_score_or_bad(parts[0], stats, strict, path, lineno, "pos_score")
     if pos is None:
         return None
-    neg = _score_or_bad(parts[1], stats, strict, path, lineno, "neg_score")
+    neg = _teacher_score_or_bad(parts[1], stats, strict, path, lineno, "neg_score")
     if neg is None:
         return None
     ids = [p.strip() for p in parts[2:]]
@@ -706,7 +773,8 @@ def write_teacher_scores(
     Accepts a :class:`TeacherScores` or an iterable of 5-tuples (extra trailing fields, like
     :class:`TeacherScore`'s ``line``, are ignored).  Scores are written with ``repr`` of the
     Python float (round-trips exactly); NaN/inf scores raise :class:`FormatError` naming the
-    record.  Returns the number of lines written.
+    record, and so do scores the readers would refuse (``|score| > MAX_ABS_TEACHER_SCORE``).
+    Returns the number of lines written.
     """
     rows: Iterable[tuple] = scores if not isinstance(scores, TeacherScores) else _teacher_rows(scores, chunk_rows)
     n = 0
@@ -719,6 +787,9 @@ def write_teacher_scores(
             pos, neg = float(r[0]), float(r[1])
             if not (math.isfinite(pos) and math.isfinite(neg)):
                 raise FormatError(f"non-finite score in record {n}: {pos}, {neg}", path=path, line=n, reason=NON_FINITE_SCORE)
+            if max(abs(pos), abs(neg)) > MAX_ABS_TEACHER_SCORE:
+                raise FormatError(f"score out of range in record {n}: {pos}, {neg}: {_OUT_OF_RANGE}",
+                                  path=path, line=n, reason=SCORE_OUT_OF_RANGE)
             ids = (str(r[2]), str(r[3]), str(r[4]))
             for x in ids:
                 if not x or "\t" in x or "\n" in x or "\r" in x:
@@ -778,14 +849,8 @@ def _slow_block(
         lines.pop()
     for i, raw in enumerate(lines):
         lineno = first_line + i
-        raw = raw.rstrip(b"\r")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            _bad(stats, strict, path, lineno, INVALID_UTF8, str(e))
-            continue
-        if not text.strip():
-            _bad(stats, strict, path, lineno, BLANK_LINE)
+        text = _decode_line(raw, lineno, path, stats, strict)
+        if text is None:
             continue
         rec = _teacher_fields(text, lineno, path, stats, strict)
         if rec is None:
@@ -823,12 +888,27 @@ def _canonical_int(s: str) -> int | None:
     return v
 
 
+# A string starting or ending with a character Python's str.strip() removes (str.isspace: ASCII
+# whitespace, the \x1c-\x1f separators, NEL and the Unicode Z categories); RE2's \s is ASCII only.
+_PY_SPACE = r"[\t\n\x0b\x0c\r\x1c-\x1f\x{85}\p{Z}]"
+_PY_SPACE_AT_END = f"^{_PY_SPACE}|{_PY_SPACE}$"
+
+
 def _fast_block(
     data: bytes, n_lines: int, first_line: int, path: PathLike, id_mode: IdMode, score_dtype
 ) -> TeacherScores | None:
-    """Parse one block with pyarrow; ``None`` if anything is off (caller falls back)."""
+    """Parse one block with pyarrow; ``None`` if anything is off (caller falls back).
+
+    It must accept only what the per-line validator accepts, with the same values: pyarrow
+    strips a byte-order mark at the start of a buffer (the per-line rules refuse one at a line
+    start), and keeps ids' surrounding whitespace (the per-line path strips Python's whitespace),
+    so blocks with either go to the exact path too.
+    """
     import pyarrow as pa
     import pyarrow.csv as pacsv
+
+    if data.startswith(UTF8_BOM) or b"\n" + UTF8_BOM in data:
+        return None
 
     try:
         table = pacsv.read_csv(
@@ -850,8 +930,8 @@ def _fast_block(
         return None
     pos = table.column("pos_score").to_numpy()
     neg = table.column("neg_score").to_numpy()
-    if not (np.isfinite(pos).all() and np.isfinite(neg).all()):
-        return None
+    if not ((np.abs(pos) <= MAX_ABS_TEACHER_SCORE).all() and (np.abs(neg) <= MAX_ABS_TEACHER_SCORE).all()):
+        return None  # NaN, inf or out of range: the exact path names the line
     import pyarrow.compute as pc
 
     id_cols = [table.column(c) for c in TEACHER_COLUMNS[2:]]
@@ -860,7 +940,7 @@ def _fast_block(
             return None
     if id_mode == "str":
         for c in id_cols:
-            if pc.any(pc.match_substring_regex(c, r"^\s|\s$")).as_py():
+            if pc.any(pc.match_substring_regex(c, _PY_SPACE_AT_END)).as_py():
                 return None
     ids, ok = _arrow_ids_to_numpy(id_cols, "str" if id_mode == "str" else "int")
     if not ok:
@@ -898,7 +978,7 @@ def iter_teacher_score_chunks(
     total = os.path.getsize(path)
     bar = _progress(total, f"reading {Path(path).name}", show_progress, unit="B")
     try:
-        with _open_binary(path) as f:
+        with _open_input(path) as f:
             next_line = 1
             carry = b""
             while True:
@@ -1108,23 +1188,38 @@ def load_beir(
 ) -> BeirDataset:
     """Load ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` from a BEIR folder.
 
-    In strict mode qrels that reference a query or document id absent from the folder raise
-    :class:`FormatError` naming the qrels file and line ("unknown id" in the join of qrels and
-    corpus); in lenient mode such judgments are dropped and counted (warning logged).
+    ``corpus.jsonl`` / ``queries.jsonl`` may be gzipped (``.jsonl.gz``).  A missing folder or file
+    raises :class:`MissingFileError` naming it, before anything is read.  In strict mode qrels that
+    reference a query or document id absent from the folder raise :class:`FormatError` naming the
+    qrels file and line ("unknown id" in the join of qrels and corpus); in lenient mode such
+    judgments are dropped and counted (warning logged).
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a BEIR folder (no such directory)")
-    corpus = read_beir_corpus(folder / "corpus.jsonl", strict=strict)
-    queries = read_beir_queries(folder / "queries.jsonl", strict=strict)
+        raise MissingFileError("not a BEIR folder (no such directory)", path=folder, reason=MISSING_FILE)
+    corpus_path, queries_path = _beir_member(folder, "corpus.jsonl"), _beir_member(folder, "queries.jsonl")
+    qpath = None if split is None else folder / "qrels" / f"{split}.tsv"
+    if require_qrels and qpath is not None and not qpath.is_file():
+        raise MissingFileError(f"no qrels for split {split!r} in the BEIR folder", path=qpath, reason=MISSING_FILE)
+    corpus = read_beir_corpus(corpus_path, strict=strict)
+    queries = read_beir_queries(queries_path, strict=strict)
     qrels = None
-    if split is not None:
-        qpath = folder / "qrels" / f"{split}.tsv"
-        if qpath.exists():
-            qrels = _check_qrels_ids(qpath, read_qrels(qpath, strict=strict), queries, corpus, strict)
-        elif require_qrels:
-            raise FileNotFoundError(f"{qpath}: no qrels for split {split!r}")
+    if qpath is not None and qpath.is_file():
+        qrels = _check_qrels_ids(qpath, read_qrels(qpath, strict=strict), queries, corpus, strict)
     return BeirDataset(corpus, queries, qrels, str(folder), split)
+
+
+def _beir_member(folder: Path, name: str) -> Path:
+    """``folder/name``, or its ``.gz`` when only that exists; :class:`MissingFileError` naming
+    ``folder/name`` when neither does."""
+    path = folder / name
+    if path.is_file():
+        return path
+    gz = folder / (name + ".gz")
+    if gz.is_file():
+        return gz
+    raise MissingFileError(f"missing from the BEIR folder (which needs corpus.jsonl, queries.jsonl and "
+                           f"qrels/<split>.tsv)", path=path, reason=MISSING_FILE)
 
 
 def _check_qrels_ids(path: Path, qrels: Qrels, queries: Mapping, corpus: Mapping, strict: bool) -> Qrels:
