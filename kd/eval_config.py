@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from kd.config import MLflowConfig, SafeName, Strict, check_metric
+from kd.config import MLflowConfig, Strict
 
 AGGREGATIONS = ("maxp", "firstp", "sump", "avgp")  # + "top<k>": mean of a document's k best passages
 MODEL_URI_PREFIXES = ("models:/", "runs:/")
@@ -54,7 +54,7 @@ def check_aggregation(name: str) -> str:
 class ModelSpec(Strict):
     """One model under evaluation."""
 
-    name: SafeName = Field(description="label in tables, MLflow tags and plots; the folder output_dir/<name>/")
+    name: str = Field(min_length=1, description="label in tables, MLflow tags and plots")
     path: str = Field(min_length=1,
                       description="kd folder | models:/name@alias | HF or sentence-transformers name/path")
     doc_path: str | None = Field(None, description="dense task: the document encoder (default: `path`); seed 003 keeps "
@@ -104,8 +104,9 @@ class ComputeConfig(Strict):
     batch_size: int = Field(64, ge=1, description="texts (or pairs) per forward pass")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast on GPU, fp32 on CPU; bf16: autocast on CPU too (about 2x faster "
-                            "on CPUs with AVX512-BF16/AMX); fp32: never")
+        "auto", description="auto: bf16 autocast where the hardware has native bf16 (a CUDA GPU from Ampere on, a CPU "
+                            "with AVX512-BF16/AMX: about 2x faster), fp32 elsewhere (kd.precision.resolve_precision); "
+                            "bf16: autocast everywhere (warns where emulated: ~8x slower on AVX2); fp32: never")
 
 
 class _Task(Strict):
@@ -119,6 +120,13 @@ class _Task(Strict):
     def _metrics(cls, v):
         if v is not None:
             _check_metrics(v)
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name_token(cls, v: str) -> str:
+        if any(c.isspace() or c in "/\\" for c in v):
+            raise ValueError(f"task name {v!r} is used in file names: no whitespace or slashes")
         return v
 
 
@@ -264,10 +272,12 @@ class PlotConfig(Strict):
 
 
 def _check_metrics(v: list[str]) -> None:
+    from kd.metrics import parse_metric
+
     if not v:
         raise ValueError("at least one metric")
     for m in v:
-        check_metric(m)
+        parse_metric(m)
 
 
 class EvalConfig(Strict):

@@ -36,6 +36,7 @@ from kd.data import FormatError, ranked
 from kd.data.formats import UNKNOWN_DOCUMENT_ID, UNKNOWN_QUERY_ID, Qrels, Run, iter_trec_run
 from kd.metrics import EvalResult, evaluate
 from kd.models import BertDot, Ranker
+from kd.precision import resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -145,17 +146,13 @@ def plan_batches(texts: Sequence[str], batch_size: int) -> list[list[int]]:
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
 def autocast(device: torch.device, precision: str = "auto"):
-    """bf16 autocast where asked for (`bf16`; `auto` = on GPU only), else a no-op; fp32 results either way.
+    """bf16 autocast where `kd.precision.resolve_precision` chooses it (`auto`: hardware with native bf16), else a
+    no-op; fp32 results either way.
 
-    CPUs with AVX512-BF16/AMX run MiniLM about 2x faster in bf16 (embeddings within cosine 0.9999 of fp32)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    on = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+    CPUs with AVX512-BF16/AMX run MiniLM about 2x faster in bf16 (embeddings within cosine 0.9999 of fp32); CPUs
+    without them emulate bf16, about 8x slower than fp32 on AVX2."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device).bf16)
 
 
 @torch.inference_mode()
@@ -888,7 +885,8 @@ class TaskRunner:
                 "top_k": task.top_k, "relevance_level": self.cfg.relevance_for(task),
                 "doc_encoder": spec.doc_path or spec.path, "query_encoder": spec.path,
                 "seconds_corpus": t_enc - t0, "seconds_search": t_search - t_enc,
-                "seconds": time.perf_counter() - t0}
+                "seconds": time.perf_counter() - t0,
+                **resolve_precision(self.cfg.compute.precision, self.device).as_info()}
         return self._write(TaskResult(spec.name, "dense", task.name, metrics, info), run, task.top_k)
 
     def rerank(self, task, spec, model: Ranker) -> TaskResult:
@@ -907,7 +905,8 @@ class TaskRunner:
                                     run_source=task.run, qrels_source=task.qrels)
         info = {"n_queries": res.n_queries, "pairs": sum(len(v) for v in cands.values()), "top_k": task.top_k,
                 "relevance_level": self.cfg.relevance_for(task), "first_stage": task.run,
-                "architecture": model.architecture, "seconds": time.perf_counter() - t0}
+                "architecture": model.architecture, "seconds": time.perf_counter() - t0,
+                **resolve_precision(self.cfg.compute.precision, self.device).as_info()}
         return self._write(TaskResult(spec.name, "rerank", task.name, metrics, info), new)
 
     def document(self, task, spec, model: Ranker) -> list[TaskResult]:
@@ -941,7 +940,8 @@ class TaskRunner:
             info = {"n_queries": res.n_queries, "aggregation": how, "window_words": task.window,
                     "stride_words": task.stride, "top_k": task.top_k, "first_stage": source,
                     "relevance_level": self.cfg.relevance_for(task), **stats,
-                    "seconds": time.perf_counter() - t0}
+                    "seconds": time.perf_counter() - t0,
+                    **resolve_precision(self.cfg.compute.precision, self.device).as_info()}
             results.append(self._write(TaskResult(spec.name, "document", f"{task.name}-{how}", metrics, info), run))
         return results
 
@@ -979,7 +979,8 @@ class TaskRunner:
                 "repeats": task.repeats, "rerank_depth": task.rerank_depth, "architecture": model.architecture,
                 "num_layers": _num_layers(model), "parameters": model.num_parameters(),
                 "other_processes_cpu_share": load.share,
-                "contended": bool(load.share is not None and load.share > 0.1)}
+                "contended": bool(load.share is not None and load.share > 0.1),
+                **resolve_precision(self.cfg.compute.precision, device).as_info()}
         if info["contended"]:
             logger.warning("efficiency of %s measured while other processes used %.0f%% of the CPU: the timings are "
                            "not reliable", spec.name, 100 * load.share)

@@ -267,12 +267,12 @@ def test_hf_name_loads_as_sentence_transformers_bi_encoder(minilm_path):
 
 def test_encode_texts_matches_the_model_and_is_batch_plan_independent(minilm, sample_rows):
     texts = [r["passage"] for r in sample_rows] + [r["query"] for r in sample_rows]
-    emb = encode_texts(minilm, texts, batch_size=4)
+    emb = encode_texts(minilm, texts, batch_size=4, precision="fp32")  # as the direct call (auto: bf16 on some CPUs)
     with torch.inference_mode():
         direct = minilm.encode_docs(texts).numpy()
     np.testing.assert_allclose(emb, direct, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)  # normalize read from the folder
-    np.testing.assert_array_equal(emb, encode_texts(minilm, texts, batch_size=4))  # deterministic
+    np.testing.assert_array_equal(emb, encode_texts(minilm, texts, batch_size=4, precision="fp32"))  # deterministic
     with pytest.raises(ValueError, match="no texts"):
         encode_texts(minilm, [])
 
@@ -280,12 +280,12 @@ def test_encode_texts_matches_the_model_and_is_batch_plan_independent(minilm, sa
 def test_score_pairs_bi_encoder_fast_path_equals_predict(minilm, minilm_path, sample_rows):
     q = [r["query"] for r in sample_rows] * 2
     p = [r["passage"] for r in sample_rows] + [r["passage"] for r in reversed(sample_rows)]
-    np.testing.assert_allclose(score_pairs(minilm, q, p, batch_size=4), minilm.predict(q, p, batch_size=4).numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(score_pairs(minilm, q, p, batch_size=4, precision="fp32"),
+                               minilm.predict(q, p, batch_size=4).numpy(), atol=1e-5)
     torch.manual_seed(0)
     cat = BertCat.from_backbone(minilm_path, max_passage_length=64).eval()
-    np.testing.assert_allclose(score_pairs(cat, q, p, batch_size=4), cat.predict(q, p, batch_size=4).numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(score_pairs(cat, q, p, batch_size=4, precision="fp32"),
+                               cat.predict(q, p, batch_size=4).numpy(), atol=1e-6)
 
 
 def test_rerank_cross_encoder_and_colbert_on_real_candidates(minilm_path, shared_data):
@@ -300,7 +300,7 @@ def test_rerank_cross_encoder_and_colbert_on_real_candidates(minilm_path, shared
     torch.manual_seed(0)
     for model in (ColBERT.from_backbone(minilm_path, dim=32, max_passage_length=64),
                   BertCat.from_backbone(minilm_path, max_passage_length=64)):
-        new = rerank(model.eval(), cands, queries, passages, batch_size=8)
+        new = rerank(model.eval(), cands, queries, passages, batch_size=8, precision="fp32")
         assert {q: set(v) for q, v in new.items()} == {q: set(v) for q, v in cands.items()}
         direct = model.predict([queries[qids[0]]], [passages[cands[qids[0]][0]]])
         assert new[qids[0]][cands[qids[0]][0]] == pytest.approx(float(direct[0]), abs=1e-5)

@@ -34,6 +34,7 @@ from kd.evaluation import (
     plot_tradeoff,
     run_all,
 )
+from kd.precision import resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class EncoderActor:
         device = torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
         self.model = load_spec(spec, _uri_resolver(tracking_uri), device)
         self.precision = precision
+        logger.info("encoder actor precision: %s", resolve_precision(precision, device))  # its own hardware
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids, embs = [], []
@@ -175,6 +177,7 @@ def evaluate(cfg: EvalConfig, *, on_result: Callable[[TaskResult], None] | None 
     speed), log each result to MLflow, write <output_dir>/results.json, draw the plot when configured."""
     encoder = CorpusEncoder(cfg)
     runner = TaskRunner(cfg, resolve_uri=_uri_resolver(cfg.mlflow.tracking_uri), corpus_encoder=encoder)
+    logger.info("evaluation precision: %s", resolve_precision(cfg.compute.precision, runner.device))
     runner.preflight()
     specs = {s.name: s.model_dump() for s in cfg.models}
     eff: dict[str | None, dict[str, float]] = {}
