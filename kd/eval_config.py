@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from kd.config import MLflowConfig, Strict
+from kd.config import MLflowConfig, SafeName, Strict, check_metric
 
 AGGREGATIONS = ("maxp", "firstp", "sump", "avgp")  # + "top<k>": mean of a document's k best passages
 MODEL_URI_PREFIXES = ("models:/", "runs:/")
@@ -54,7 +54,7 @@ def check_aggregation(name: str) -> str:
 class ModelSpec(Strict):
     """One model under evaluation."""
 
-    name: str = Field(min_length=1, description="label in tables, MLflow tags and plots")
+    name: SafeName = Field(description="label in tables, MLflow tags and plots; the folder output_dir/<name>/")
     path: str = Field(min_length=1,
                       description="kd folder | models:/name@alias | HF or sentence-transformers name/path")
     doc_path: str | None = Field(None, description="dense task: the document encoder (default: `path`); seed 003 keeps "
@@ -120,13 +120,6 @@ class _Task(Strict):
     def _metrics(cls, v):
         if v is not None:
             _check_metrics(v)
-        return v
-
-    @field_validator("name")
-    @classmethod
-    def _name_token(cls, v: str) -> str:
-        if any(c.isspace() or c in "/\\" for c in v):
-            raise ValueError(f"task name {v!r} is used in file names: no whitespace or slashes")
         return v
 
 
@@ -272,12 +265,10 @@ class PlotConfig(Strict):
 
 
 def _check_metrics(v: list[str]) -> None:
-    from kd.metrics import parse_metric
-
     if not v:
         raise ValueError("at least one metric")
     for m in v:
-        parse_metric(m)
+        check_metric(m)
 
 
 class EvalConfig(Strict):
