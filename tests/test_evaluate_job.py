@@ -150,3 +150,38 @@ def test_dl19_baseline_rerank_efficiency_mlflow_and_plot(tmp_path, shared_data):
     proc = _job(tmp_path / "config.yaml", "tasks=[]", "models=[]", f"plot.output={tmp_path / 'again.png'}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (tmp_path / "again.png").stat().st_size > 10_000
+
+
+def test_results_of_finished_tasks_are_on_disk_when_a_later_task_fails(tmp_path, shared_data, monkeypatch):
+    """Two baseline tasks through the real jobs.evaluate entrypoint; the second fails after the first finished:
+    results.json and the MLflow run already hold the first (they were written only at the very end before)."""
+    from jobs import evaluate as job
+    from kd.evaluation import TaskRunner
+
+    cfg = {"tasks": [{"task": "run", "name": name, "run": str(DL19 / "runs" / f"{name}.top100.trec"),
+                      "qrels": str(DL19 / "qrels" / "test.tsv")} for name in ("BM25", "BM25_RM3")],
+           "output_dir": str(tmp_path / "out"), "show_progress": False,
+           "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "partial-test"}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    real = TaskRunner.run_baseline
+
+    def run_baseline(self, task):
+        if task.name == "BM25_RM3":
+            raise RuntimeError("the second task fails")
+        return real(self, task)
+
+    monkeypatch.setattr(TaskRunner, "run_baseline", run_baseline)
+    with pytest.raises(RuntimeError, match="the second task fails"):
+        job.main(["--config", str(tmp_path / "config.yaml")])
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [(r["dataset"], round(r["metrics"]["ndcg@10"], 4)) for r in results] == [("BM25", 0.5058)]
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        runs = mlflow.search_runs(experiment_names=["partial-test"], output_format="list")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("baseline/BM25", "FINISHED")]
+    assert runs[0].data.metrics["ndcg_at_10"] == pytest.approx(results[0]["metrics"]["ndcg@10"])
