@@ -1003,13 +1003,15 @@ def _tag(name: str) -> str:
 def run_all(cfg, runner: TaskRunner | None = None,
             on_result: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
     """Every task for every model, in-process (models loaded one at a time); `run` tasks once. Returns the
-    results, also written to <output_dir>/results.json."""
+    results, also written to <output_dir>/results.json — rewritten after each result, so a job that fails in a later
+    task keeps what it finished."""
     runner = runner or TaskRunner(cfg)
     results: list[TaskResult] = []
 
     def emit(rs: list[TaskResult]) -> None:
         for r in rs:
             results.append(r)
+            write_json(Path(cfg.output_dir) / "results.json", [r.to_dict() for r in results])
             if on_result is not None:
                 on_result(r)
 
@@ -1023,5 +1025,5 @@ def run_all(cfg, runner: TaskRunner | None = None,
         for task in model_tasks:
             emit(runner.run_task(task, spec, model))
         del model
-    write_json(Path(cfg.output_dir) / "results.json", [r.to_dict() for r in results])
+    write_json(Path(cfg.output_dir) / "results.json", [r.to_dict() for r in results])  # also when there is none
     return results
