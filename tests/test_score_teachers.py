@@ -54,8 +54,11 @@ def workdir(tmp_path_factory, shared_data):
 
 
 def test_ensemble_file_is_the_mean_of_members_and_reads_back(workdir):
-    proc = _job(workdir / "config.yaml")
+    proc = _job(workdir / "config.yaml", "show_progress=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # stdout is not a terminal: one calm progress line, not Ray Data's progress block per shard (kept for --verbose)
+    assert "teacher scoring: 10/10 triples (100%)" in proc.stderr
+    assert "Running Dataset" not in proc.stderr + proc.stdout
     out = workdir / "out"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["triples"] == 10 and summary["skipped"] == 0 and summary["shards"] == 2
@@ -88,6 +91,7 @@ def test_ensemble_file_is_the_mean_of_members_and_reads_back(workdir):
     assert len(runs) == 1
     assert runs[0].data.metrics["triples"] == 10 and runs[0].data.metrics["pairs_per_second"] > 0
     assert runs[0].data.tags["kd.teacher.a"].startswith("cross:")
+    first_run = runs[0].info.run_id
 
     # rerun: every shard is reused, nothing rescored, identical output
     before = (out / "teacher_scores.tsv").read_bytes()
@@ -97,6 +101,10 @@ def test_ensemble_file_is_the_mean_of_members_and_reads_back(workdir):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reused_from_shards"] == 6 and summary["scored_now"] == 4
     assert (out / "teacher_scores.tsv").read_bytes() == before
+    # the rerun reopened the first MLflow run instead of starting a second one
+    runs = mlflow.search_runs(experiment_names=["score-test"], output_format="list")
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(first_run, "FINISHED")]
+    assert runs[0].data.metrics["scored_now"] == 4 and runs[0].data.params["show_progress"] == "True"
 
 
 def test_bad_input_fails_before_ray_naming_file_and_line(workdir, tmp_path):

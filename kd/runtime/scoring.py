@@ -27,6 +27,7 @@ import torch
 
 from kd.config import ScoreTeachersConfig, to_flat_dict
 from kd.data.join import JoinedTriple, JoinStats, join_triples, load_passages, load_queries
+from kd.runtime.progress import Progress, quiet_ray_data
 from kd.teachers import TeacherEnsemble, load_teacher
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ def _shard_paths(out: Path, i: int) -> tuple[Path, Path]:
     return out / "shards" / f"part-{i:05d}.tsv", out / "shards" / f"part-{i:05d}.parquet"
 
 
-def _score_shard(rows: list[JoinedTriple], first_row: int, cfg: ScoreTeachersConfig) -> dict[str, np.ndarray]:
+def _score_shard(rows: list[JoinedTriple], first_row: int, cfg: ScoreTeachersConfig,
+                 progress: Progress) -> dict[str, np.ndarray]:
     import ray
 
     table = pa.table({
@@ -121,7 +123,10 @@ def _score_shard(rows: list[JoinedTriple], first_row: int, cfg: ScoreTeachersCon
         num_cpus=cfg.cpus_per_actor,
         num_gpus=cfg.gpus_per_actor or None,
     )
-    parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    parts = []
+    for part in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        parts.append(part)
+        progress.update(len(part["row"]))
     result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(result["row"], kind="stable")
     result = {k: v[order] for k, v in result.items()}
@@ -184,32 +189,31 @@ def score_teachers(cfg: ScoreTeachersConfig) -> dict:
     n_shards = -(-total // cfg.shard_size)
     names = [t.name for t in cfg.teachers]
     ensure_ray()
+    quiet_ray_data()
 
+    # the same fingerprint (so the same output_dir) → the same run name; a rerun reopens that MLflow run
     run_id = hashlib.sha1(json.dumps(_fingerprint(cfg), sort_keys=True).encode()).hexdigest()[:10]
-    with mlflow_run(cfg.mlflow, f"score-teachers-{run_id}", tags={"kd.job": "score_teachers"}) as run:
+    with mlflow_run(cfg.mlflow, f"score-teachers-{run_id}", tags={"kd.job": "score_teachers"}, reuse=True) as run:
         if run is not None:
             log_params(to_flat_dict(cfg))
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc="teacher scoring", unit="triple", disable=not cfg.show_progress)
-        scored_now, reused, seconds = 0, 0, 0.0
+        done = {i for i in range(n_shards) if _shard_paths(out, i)[0].exists()}
+        reused = sum(min(cfg.shard_size, total - i * cfg.shard_size) for i in done)
+        progress = Progress("teacher scoring", total, unit="triples", done=reused, enabled=cfg.show_progress)
+        scored_now, seconds = 0, 0.0
         stats = JoinStats()
         for i, rows in enumerate(_chunks(joined(stats), cfg.shard_size)):
-            if _shard_paths(out, i)[0].exists():
-                reused += len(rows)
-            else:
+            if i not in done:
                 start = time.perf_counter()
-                scored = _score_shard(rows, i * cfg.shard_size, cfg)
+                scored = _score_shard(rows, i * cfg.shard_size, cfg, progress)
                 _write_shard(out, i, rows, scored, names)
                 seconds += time.perf_counter() - start
                 scored_now += len(rows)
-            bar.update(len(rows))
-        bar.close()
+        progress.close()
         _assemble(out, n_shards)
         summary = {
             "triples": total, "input_lines": stats.rows, "skipped": stats.skipped,
             "missing_query": stats.missing_query, "missing_passage": stats.missing_passage,
-            "bad_lines": stats.read.n_skipped,
+            "bad_lines": stats.read.n_skipped, "duplicates": stats.duplicates,
             "scored_now": scored_now, "reused_from_shards": reused, "shards": n_shards,
             "pairs_per_second": (2 * scored_now / seconds) if seconds else None,
             "seconds": seconds, "teachers": [t.model_dump() for t in cfg.teachers],
