@@ -6,6 +6,8 @@ import os
 
 import ray
 
+from kd.runtime.interrupts import keep_signal_handlers
+
 logger = logging.getLogger(__name__)
 
 
@@ -17,7 +19,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     kwargs = {"address": address} if address else {"num_cpus": num_cpus}
     env = forwarded_env()
     try:
-        ray.init(**kwargs, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+        with keep_signal_handlers():  # ray.init sets a SIGTERM handler that exits 15 without unwinding the job
+            ray.init(**kwargs, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
     except ConnectionError as e:
         if address and address != "auto" and "RAY_AUTH_MODE" not in os.environ:
             raise ConnectionError(
@@ -27,6 +30,35 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             ) from e
         raise
     logger.info("Ray: %s", ray.cluster_resources())
+
+
+def started_local_ray() -> bool:
+    """Whether the Ray this process is connected to was started by it: `ray.init()` without an address starts its
+    gcs_server as a child of the driver, a joined cluster (RAY_ADDRESS, `ray job submit`, a `ray start` head found by
+    auto-detection) has none here. Decided from the process tree, so a Ray that Ray Data or Tune started implicitly
+    counts too."""
+    if not ray.is_initialized():
+        return False
+    import psutil
+
+    for child in psutil.Process().children():
+        try:
+            if child.name() == "gcs_server":
+                return True
+        except psutil.Error:  # exited meanwhile
+            continue
+    return False
+
+
+def shutdown_local_ray() -> bool:
+    """Shut down the local Ray this process started (jobs/_common.run_job calls it on every exit, interrupted or not),
+    so that a job killed with SIGTERM or Ctrl+C leaves no raylet, gcs_server or workers behind. A joined cluster is
+    left alone: it is not this job's to stop, and Ray disconnects from it at exit. Returns whether it shut down."""
+    if not started_local_ray():
+        return False
+    logger.info("shutting down the local Ray this job started")
+    ray.shutdown(wait_for_processes=True)  # the job's exit status comes after its Ray processes are gone
+    return True
 
 
 def forwarded_env() -> dict[str, str]:

@@ -89,7 +89,10 @@ def _copy_folder(src: Path, dst: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- tracking
 class Tracker:
     """The pipeline's parent MLflow run and its stage runs (MlflowClient only: no active-run state in this
-    process, so the stage runtimes are free to start their own runs)."""
+    process, so the stage runtimes are free to start their own runs).
+
+    The runs it created and has not ended yet are kept (`open`): when a stage raises, Ctrl+C and SIGTERM included,
+    `end_open` ends them and the parent KILLED / FAILED (`run_status`) instead of leaving them RUNNING."""
 
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg
@@ -97,6 +100,7 @@ class Tracker:
         self.client = None
         self.experiment_id: str | None = None
         self.parent_id: str | None = None
+        self.open: list[str] = []
 
     def start(self, config_dump: dict) -> None:
         if not self.enabled:
@@ -138,6 +142,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=f"{self.cfg.name}/{stage}", tags={
             **self.child_tags(stage), "kd.job": f"pipeline.{stage.split('-')[0]}",
             "kd.git_commit": git_commit() or "unknown", **(tags or {})})
+        self.open.append(run.info.run_id)
         if params:
             self.params(run.info.run_id, params)
         return run.info.run_id
@@ -169,6 +174,21 @@ class Tracker:
     def end(self, run_id: str | None, status: str = "FINISHED") -> None:
         if run_id is not None:
             self.client.set_terminated(run_id, status=status)
+            if run_id in self.open:
+                self.open.remove(run_id)
+
+    def end_open(self, exc: BaseException) -> None:
+        """A stage raised `exc`: end the stage runs still open, then the parent, with `run_status(exc)`."""
+        from kd.runtime.interrupts import run_status
+
+        status = run_status(exc)
+        for run_id in [*self.open, self.parent_id]:
+            if run_id is None:
+                continue
+            try:
+                self.end(run_id, status)
+            except Exception as e:  # noqa: BLE001 - the stage's own error is the one to report
+                logger.warning("could not end MLflow run %s as %s: %s", run_id, status, e)
 
 
 def to_flat_dict_dump(dump: dict, prefix: str = "") -> dict:
@@ -274,9 +294,8 @@ class Pipeline:
                 _write_json(self.marker(stage.name), {**summary, "_seconds": seconds,
                                                       "_fingerprint": stage.fingerprint})
                 _say(f"{head} done in {seconds:.0f} s")
-        except BaseException:
-            if self.tracker.parent_id:
-                self.tracker.end(self.tracker.parent_id, "FAILED")
+        except BaseException as exc:
+            self.tracker.end_open(exc)
             raise
         result = self.summary()
         if self.tracker.parent_id:

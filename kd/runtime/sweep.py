@@ -198,8 +198,11 @@ def _connect_ray() -> None:
             job_env = {}
         if "RAY_ADDRESS" not in job_env:
             env["RAY_ADDRESS"] = address
+        from kd.runtime.interrupts import keep_signal_handlers
+
         try:
-            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+            with keep_signal_handlers():  # ray.init's SIGTERM handler would exit 15 without unwinding the sweep
+                ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
         except ConnectionError:
             cluster.ensure_ray()  # raises again, with its hint about token authentication
     try:
@@ -214,13 +217,11 @@ def _connect_ray() -> None:
 
 
 def run_sweep(sweep: SweepConfig) -> dict:
-    """Run (or resume) a sweep; returns its summary (trials, how many ASHA stopped, the champion)."""
+    """Run (or resume) a sweep; returns its summary (trials, how many ASHA stopped, the champion). Its parent MLflow
+    run ends FINISHED with a champion, KILLED when interrupted (Ctrl+C at the driver, SIGTERM) and FAILED on an
+    error."""
     import mlflow
-    import ray
     from mlflow import MlflowClient
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from kd.runtime.tracking import use_experiment
 
@@ -242,6 +243,24 @@ def run_sweep(sweep: SweepConfig) -> dict:
                 "name, or remove that folder to start over")
     exp_path.mkdir(parents=True, exist_ok=True)
     parent_id = _parent_run(sweep, client, experiment_id, exp_path)
+    try:
+        return _run_tuner(sweep, client, exp_path, fp, state_file, tracking_uri, parent_id)
+    except BaseException as exc:  # Ctrl+C / SIGTERM → KILLED, an error → FAILED: never left RUNNING
+        from kd.runtime.interrupts import run_status
+
+        client.set_terminated(parent_id, run_status(exc))
+        raise
+
+
+def _run_tuner(sweep: SweepConfig, client, exp_path: Path, fp: str, state_file: Path, tracking_uri: str,
+               parent_id: str) -> dict:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from kd.runtime.interrupts import keep_signal_handlers
+
     spec = {  # what every trial needs (also kept in kd_sweep.json: a trial's config can be rebuilt from it)
         "sweep": sweep.name, "base": prepare_base(sweep, tracking_uri), "tune_metric": sweep.tune_metric,
         "space": {k: d.model_dump(mode="json", exclude_none=True) for k, d in sweep.search_space.items()},
@@ -283,7 +302,8 @@ def run_sweep(sweep: SweepConfig) -> dict:
                                       failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                                       verbose=1),
         )
-    tuner.fit()
+    with keep_signal_handlers():  # Tune's SIGINT handler would otherwise outlive the fit
+        tuner.fit()
     return summarize(sweep, exp_path, spec, client, parent_id)
 
 
@@ -376,6 +396,10 @@ def summarize(sweep: SweepConfig, exp_path: Path, spec: dict, client, parent_id:
         client.log_metric(parent_id, f"trials_{key}" if key != "trials" else "trials", out[key])
     if out["unfinished"]:  # interrupted at the driver: the next run resumes; no champion from a partial sweep
         out["interrupted"] = True
+        for r in unfinished:  # their drivers were stopped with the sweep: KILLED, not RUNNING, until resumed
+            if r["mlflow_run_id"] and r["run_status"] == "RUNNING":
+                client.set_terminated(r["mlflow_run_id"], "KILLED")
+        client.set_terminated(parent_id, "KILLED")
         (exp_path / "summary.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
         return out
     scored = [r for r in records if r[metric] is not None and r["status"] in ("completed", "stopped_early")]
