@@ -128,7 +128,8 @@ def bench_dense(beir: Path, model_path: str, batch_size: int, device: str, ours_
     cfg = EvalConfig.model_validate({
         "models": [{"name": "minilm", "path": model_path}],
         "tasks": [{"task": "dense", "name": "scifact", "beir": str(beir), "top_k": 1000}],
-        "compute": {"backend": "local", "batch_size": batch_size, "device": device, "precision": "auto"},
+        "compute": {"backend": "local", "batch_size": batch_size, "device": device,
+                    "precision": "fp32" if device == "cpu" else "auto"},  # CPU: like-for-like with the fp32 peer
         "output_dir": tempfile.mkdtemp(prefix="kd-bench-eval-"), "show_progress": False, "mlflow": {"enabled": False},
     })
     runner = TaskRunner(cfg)
