@@ -252,6 +252,7 @@ def fetch(ref: ModelRef, cache_dir: str | Path | None = None) -> Path:
             raise RegistryError(str(e), looked_for=ref.uri, tracking_uri=ref.tracking_uri or "") from None
         if target.exists():  # another process won the race
             return target
+        # folder lies inside tmp: download_ranker_folder refuses an MLmodel naming a path outside the download
         os.replace(folder, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,6 +3,7 @@ registered pyfunc served by `mlflow models serve`.
 
 Models: students built on the real all-MiniLM-L6-v2 weights (2-layer subsets), registered through the same
 `log_ranker` path jobs.distill and jobs.sweep use: BERT_DOT v1 (@champion) and v2 (@challenger), BERT_CAT, ColBERT.
+They are models-from-code pyfuncs (no pickle); a crafted MLmodel cannot make kd.load touch files outside its artifact.
 """
 from __future__ import annotations
 
@@ -207,7 +208,8 @@ def test_mlflow_models_serve_scores_equal_kd_load(registry, sample_rows, tmp_pat
     uri = registry["uri"]
     port = free_port()
     log = tmp_path / "serve.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    # MLflow's pickle loading off: the served model must come from its code file, not from a python_model.pkl
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{DOT}@champion", "--env-manager",
@@ -258,3 +260,76 @@ def test_mlflow_models_serve_scores_equal_kd_load(registry, sample_rows, tmp_pat
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_crafted_mlmodel_cannot_move_a_folder_from_outside_the_artifact(tmp_path):
+    """An MLmodel whose kd model path is absolute or climbs out with `..` made fetch os.replace that folder (outside
+    the artifact) into the cache. Real sqlite store and artifacts: the load fails naming the field and value, and the
+    outside folder is untouched."""
+    import yaml
+    from mlflow import MlflowClient
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    uri = f"sqlite:///{tmp_path / 'crafted.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("crafted", artifact_location=(tmp_path / "artifacts").as_uri())
+    cache = tmp_path / "cache"
+    for rel in (str(victim), "../" * 40 + str(victim).lstrip("/")):
+        model = tmp_path / f"crafted-{len(rel)}"
+        model.mkdir()
+        (model / "MLmodel").write_text(yaml.safe_dump(
+            {"flavors": {"python_function": {"artifacts": {"kd_model": {"path": rel, "uri": str(victim)}}}}}))
+        run_id = client.create_run(experiment).info.run_id
+        client.log_artifacts(run_id, str(model), "model")
+        with pytest.raises(RegistryError) as e:
+            kd.load(f"runs:/{run_id}/model", tracking_uri=uri, cache_dir=cache)
+        msg = str(e.value)
+        assert "flavors.python_function.artifacts.kd_model.path" in msg and repr(rel) in msg, msg
+        assert "outside the downloaded artifact" in msg and f"runs:/{run_id}/model" in msg
+        assert (victim / "keep.txt").read_text() == "mine" and sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+        assert not list(cache.iterdir())  # nothing moved in, the download's temp folder removed
+
+
+def test_registered_pyfunc_is_models_from_code_and_never_unpickles(registry, folders, sample_rows, tmp_path,
+                                                                  monkeypatch):
+    """The logged model carries no pickle: its MLmodel names the code file MLflow runs (kd/runtime/pyfunc_model.py),
+    and pyfunc load + predict work with MLflow's pickle loading switched off."""
+    import mlflow
+    import pandas as pd
+    import yaml
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(registry["uri"]):  # as download_ranker_folder does: MLflow resolves models:/ globally
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{DOT}/1", dst_path=str(tmp_path / "art")))
+    assert not [p.relative_to(local) for p in local.rglob("*") if p.suffix in (".pkl", ".pickle")]
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert Path(flavor["model_code_path"]).name == "pyfunc_model.py" and (local / "pyfunc_model.py").is_file()
+    assert "python_model" not in flavor  # the key MLflow uses for a cloudpickled model
+    assert (local / flavor["artifacts"]["kd_model"]["path"] / "kd_config.json").is_file()  # the layout kd.load reads
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # pyfunc.load_model prepends the model's code folder
+    q, p = _pairs(sample_rows)
+    frame = pd.DataFrame({"query": [q] * len(p), "passage": p})
+    scores = mlflow.pyfunc.load_model(str(local)).predict(frame, params={"batch_size": 2})
+    np.testing.assert_allclose(np.asarray(scores, dtype=np.float32), _reference(folders / "dot", q, p),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_versions_logged_with_a_pickle_still_load_through_kd_load(registry, folders, sample_rows, tmp_path):
+    """Models registered before the models-from-code change hold a python_model.pkl: kd.load reads only their model
+    folder (never the pickle), so they keep loading."""
+    import mlflow
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    from kd.runtime.pyfunc import ARTIFACT_KEY, SIGNATURE, KDRanker
+
+    with _use_tracking_uri(registry["uri"]):
+        mlflow.set_experiment("registry-test")
+        with mlflow.start_run(run_name="old-style") as run:  # how log_ranker logged before: a cloudpickled KDRanker
+            mlflow.pyfunc.log_model(name="model", python_model=KDRanker(), signature=SIGNATURE,
+                                    artifacts={ARTIFACT_KEY: str(folders / "dot")}, pip_requirements=["torch"])
+    q, p = _pairs(sample_rows)
+    old = kd.load(f"runs:/{run.info.run_id}/model", tracking_uri=registry["uri"], cache_dir=tmp_path)
+    np.testing.assert_array_equal(old.rerank(q, p), _reference(folders / "dot", q, p))
