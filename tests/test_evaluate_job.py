@@ -20,8 +20,8 @@ DL19 = DATA / "trec-dl-2019"
 pytestmark = pytest.mark.slow
 
 
-def _job(config: Path, *overrides: str, timeout: int = 3000) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "jobs.evaluate", "--config", str(config)]
+def _job(config: Path, *overrides: str, timeout: int = 3000, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "jobs.evaluate", "--config", str(config), *flags]
     for o in overrides:
         cmd += ["--set", o]
     env = {**os.environ, "TQDM_DISABLE": "1"}
@@ -58,9 +58,12 @@ def test_dense_on_ray_1_vs_2_actors_identical(tmp_path, shared_data):
     for n in (1, 2):
         proc = _job(REPO / "configs" / "eval_scifact_dense.yaml", f"tasks.0.beir={beir}",
                     f"output_dir={tmp_path / f'out{n}'}", f"mlflow.tracking_uri={db}", "mlflow.experiment=dense-test",
-                    f"mlflow.run_name=actors{n}", *_actors(n))
+                    f"mlflow.run_name=actors{n}", *_actors(n), flags=("--verbose",) if n == 2 else ())
         assert proc.returncode == 0, proc.stderr[-4000:]
-        assert "Started a local Ray instance" in proc.stderr and "MapBatches(EncoderActor)" in proc.stderr
+        assert "Started a local Ray instance" in proc.stderr and f"on {n} actor(s)" in proc.stderr
+        # one calm progress line; Ray Data's own progress block (stderr is not a terminal) only with --verbose
+        assert "encoding corpus (minilm-l6): " in proc.stderr and " docs (100%)" in proc.stderr
+        assert ("======= Running Dataset" in proc.stderr) == (n == 2)
         assert "scifact  dense" in proc.stdout  # the printed table
         (res,) = json.loads((tmp_path / f"out{n}" / "results.json").read_text())
         runs[n] = res

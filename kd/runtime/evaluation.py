@@ -109,8 +109,10 @@ def encode_corpus_ray(spec: dict, docids: list[str], texts: list[str], cfg: Eval
     import ray
 
     from kd.runtime.cluster import ensure_ray
+    from kd.runtime.progress import Progress, quiet_ray_data
 
     ensure_ray()
+    quiet_ray_data()
     c = cfg.compute
     gpus = c.gpus_per_actor
     if gpus is None:
@@ -136,7 +138,12 @@ def encode_corpus_ray(spec: dict, docids: list[str], texts: list[str], cfg: Eval
     )
     logger.info("encoding %d documents in %d batches on %d actor(s) (%.2g CPU, %.2g GPU, %d threads each)",
                 len(docids), len(plan), c.num_actors, c.cpus_per_actor, gpus, threads)
-    parts = [(b["docid"], b["emb"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
+    progress = Progress(f"encoding corpus ({spec['name']})", len(docids), unit="docs", enabled=cfg.show_progress)
+    parts = []
+    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        parts.append((b["docid"], b["emb"]))
+        progress.update(len(b["docid"]))
+    progress.close()
     return assemble_embeddings(docids, parts)
 
 
