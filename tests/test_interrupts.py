@@ -96,12 +96,24 @@ def test_run_job_turns_interrupts_into_130_and_143(tmp_path, capsys):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
 
-    before = signal.getsignal(signal.SIGTERM)
-    assert run_job("doc", MineTriplesConfig, ctrl_c, ["--config", str(cfg)]) == 130
+    class Unhandled(Exception):
+        pass
+
+    def unhandled(signum, frame):  # this process is pytest: a SIGTERM that run_job leaves alone must not kill it
+        raise Unhandled("run_job did not handle SIGTERM")
+
+    try:
+        assert run_job("doc", MineTriplesConfig, ctrl_c, ["--config", str(cfg)]) == 130
+    except KeyboardInterrupt:
+        pytest.fail("run_job let KeyboardInterrupt through")
     assert "interrupted (Ctrl+C)" in capsys.readouterr().err
-    assert run_job("doc", MineTriplesConfig, sigterm, ["--config", str(cfg)]) == 143
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        assert run_job("doc", MineTriplesConfig, sigterm, ["--config", str(cfg)]) == 143
+        assert signal.getsignal(signal.SIGTERM) is unhandled, "run_job must put the handler back"
+    finally:
+        signal.signal(signal.SIGTERM, before)
     assert "interrupted (SIGTERM)" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGTERM) is before
 
 
 # ------------------------------------------------------------------------------------------- a real Ray fit
