@@ -20,7 +20,8 @@ DL19 = DATA / "trec-dl-2019"
 pytestmark = pytest.mark.slow
 
 
-def _job(config: Path, *overrides: str, timeout: int = 3000, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def _job(config: Path, *overrides: str, timeout: int = 3000,
+         flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "jobs.evaluate", "--config", str(config), *flags]
     for o in overrides:
         cmd += ["--set", o]

@@ -196,7 +196,8 @@ def test_job_entrypoint_sets_verbose(eval_config, monkeypatch):
     from kd.runtime import progress
 
     seen = []
-    monkeypatch.setattr("kd.runtime.evaluation.evaluate", lambda cfg, on_result=None: seen.append(progress.is_verbose()) or [])
+    monkeypatch.setattr("kd.runtime.evaluation.evaluate",
+                        lambda cfg, on_result=None: seen.append(progress.is_verbose()) or [])
     assert job.main(["--config", str(eval_config), "--set", "mlflow.enabled=false", "--verbose"]) == 0
     assert job.main(["--config", str(eval_config), "--set", "mlflow.enabled=false"]) == 0
     assert seen == [True, False]
