@@ -566,10 +566,12 @@ class TaskResult:
     metrics: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    key: str | None = None  # `result_key` of what produced it (run_all reuses a result whose key still matches)
+    reused: bool = False  # taken from an earlier run's results.json (already logged to MLflow then)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "task": self.task, "dataset": self.dataset, "metrics": self.metrics,
-                "info": self.info, "files": self.files}
+                "info": self.info, "files": self.files, "key": self.key}
 
 
 def eval_metrics(run: Run, qrels: Qrels, metrics: Sequence[str], relevance_level: int, *, run_source: str,
@@ -1000,30 +1002,92 @@ def _tag(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.:" else "_" for c in name) or "kd"
 
 
+def _stamp(path: str) -> Any:
+    """Size and mtime of a file, of every file in a folder; None for what is not local (a hub name)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return [p.stat().st_size, p.stat().st_mtime_ns]
+    if p.is_dir():
+        return sorted([str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns] for f in p.rglob("*")
+                      if f.is_file())
+    return None
+
+
+def result_key(cfg, task, spec=None) -> str | None:
+    """A digest of everything a (model, task) result depends on: the task, the model spec, metrics, relevance,
+    compute and MLflow settings, and the size/mtime of every input file and model folder (a model retrained into the
+    same folder changes it). None for a `models:/` or `runs:/` model, whose alias can move: always recomputed."""
+    import hashlib
+
+    paths = [v for k, v in task.model_dump().items() if k in ("run", "qrels", "queries", "passages", "corpus", "beir")
+             and v]
+    for path in filter(None, (spec.path, spec.doc_path) if spec is not None else ()):
+        if is_model_uri(path):
+            return None
+        paths.append(path)
+    what = {"task": task.model_dump(mode="json"), "spec": spec.model_dump(mode="json") if spec else None,
+            "metrics": list(cfg.metrics_for(task)), "relevance": cfg.relevance_for(task),
+            "compute": cfg.compute.model_dump(mode="json"), "mlflow": cfg.mlflow.model_dump(mode="json"),
+            "inputs": {p: _stamp(p) for p in paths}}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _earlier_results(path: Path) -> dict[str, list[TaskResult]]:
+    """An earlier run's results.json by key: the results whose files are all still there."""
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, list[TaskResult]] = {}
+    for d in rows if isinstance(rows, list) else []:
+        if isinstance(d, dict) and d.get("key") and all(Path(f).is_file() for f in (d.get("files") or {}).values()):
+            r = TaskResult(d["model"], d["task"], d["dataset"], d["metrics"], d["info"], d["files"], d["key"], True)
+            out.setdefault(d["key"], []).append(r)
+    return out
+
+
 def run_all(cfg, runner: TaskRunner | None = None,
             on_result: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
     """Every task for every model, in-process (models loaded one at a time); `run` tasks once. Returns the
-    results, also written to <output_dir>/results.json — rewritten after each result, so a job that fails in a later
-    task keeps what it finished."""
+    results, also written to <output_dir>/results.json — rewritten after each result (once `on_result`, the MLflow
+    logging, is done with it), so a job that fails in a later task keeps what it finished, and a rerun reuses the
+    results whose `result_key` still matches (marked `reused`; delete results.json to recompute them)."""
     runner = runner or TaskRunner(cfg)
     results: list[TaskResult] = []
+    path = Path(cfg.output_dir) / "results.json"
+    earlier = _earlier_results(path)
 
-    def emit(rs: list[TaskResult]) -> None:
+    def emit(rs: list[TaskResult], key: str | None) -> None:
         for r in rs:
+            r.key = key
             results.append(r)
-            write_json(Path(cfg.output_dir) / "results.json", [r.to_dict() for r in results])
             if on_result is not None:
                 on_result(r)
+            write_json(path, [r.to_dict() for r in results])
+
+    def reusable(task, spec=None) -> tuple[str | None, list[TaskResult] | None]:
+        key = result_key(cfg, task, spec)
+        rs = earlier.get(key or "")
+        if rs and len(rs) == (len(task.aggregations) if task.task == "document" else 1):
+            logger.info("%s / %s: reusing the result of an earlier run (%s)", spec.name if spec else "baseline",
+                        task.name, path)
+            return key, rs
+        return key, None
 
     for task in cfg.tasks:
         if task.task == "run":
-            emit([runner.run_baseline(task)])
+            key, rs = reusable(task)
+            emit(rs or [runner.run_baseline(task)], key)
     # efficiency first: the model's speed can then be reported beside each of its effectiveness results
     model_tasks = sorted((t for t in cfg.tasks if t.task != "run"), key=lambda t: t.task != "efficiency")
     for spec in cfg.models if model_tasks else []:
-        model = runner.load(spec)
+        model = None  # loaded for the first task that has no reusable result
         for task in model_tasks:
-            emit(runner.run_task(task, spec, model))
+            key, rs = reusable(task, spec)
+            if rs is None:
+                model = model if model is not None else runner.load(spec)
+                rs = runner.run_task(task, spec, model)
+            emit(rs, key)
         del model
     write_json(Path(cfg.output_dir) / "results.json", [r.to_dict() for r in results])  # also when there is none
     return results

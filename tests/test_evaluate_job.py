@@ -158,7 +158,8 @@ def test_dl19_baseline_rerank_efficiency_mlflow_and_plot(tmp_path, shared_data):
 
 def test_results_of_finished_tasks_are_on_disk_when_a_later_task_fails(tmp_path, shared_data, monkeypatch):
     """Two baseline tasks through the real jobs.evaluate entrypoint; the second fails after the first finished:
-    results.json and the MLflow run already hold the first (they were written only at the very end before)."""
+    results.json and the MLflow run already hold the first (they were written only at the very end before), and a
+    rerun reuses it."""
     from jobs import evaluate as job
     from kd.evaluation import TaskRunner
 
@@ -189,3 +190,23 @@ def test_results_of_finished_tasks_are_on_disk_when_a_later_task_fails(tmp_path,
         mlflow.set_tracking_uri(None)
     assert [(r.info.run_name, r.info.status) for r in runs] == [("baseline/BM25", "FINISHED")]
     assert runs[0].data.metrics["ndcg_at_10"] == pytest.approx(results[0]["metrics"]["ndcg@10"])
+
+    # the rerun reuses the finished task (not recomputed, not logged twice) and runs the other one
+    ran = []
+    monkeypatch.setattr(TaskRunner, "run_baseline", lambda self, task: ran.append(task.name) or real(self, task))
+    assert job.main(["--config", str(tmp_path / "config.yaml")]) == 0
+    assert ran == ["BM25_RM3"]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["dataset"] for r in results] == ["BM25", "BM25_RM3"]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        runs = mlflow.search_runs(experiment_names=["partial-test"], output_format="list")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert sorted(r.info.run_name for r in runs) == ["baseline/BM25", "baseline/BM25_RM3"]
+    # a changed input is evaluated again
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_bytes((DL19 / "qrels" / "test.tsv").read_bytes())
+    monkeypatch.setattr(TaskRunner, "run_baseline", lambda self, task: ran.append(task.name) or real(self, task))
+    assert job.main(["--config", str(tmp_path / "config.yaml"), "--set", "tasks.0.qrels=" + str(qrels)]) == 0
+    assert ran == ["BM25_RM3", "BM25"]

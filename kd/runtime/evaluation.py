@@ -192,9 +192,9 @@ def evaluate(cfg: EvalConfig, *, on_result: Callable[[TaskResult], None] | None 
     def log(result: TaskResult) -> None:
         if result.task == "efficiency":
             eff[result.model] = result.metrics
-        if result.task == "dense" and encoder.last_backend:
+        if result.task == "dense" and encoder.last_backend and not result.reused:
             result.info["encoder_backend"] = encoder.last_backend
-        if cfg.mlflow.enabled:
+        if cfg.mlflow.enabled and not result.reused:  # a reused result was logged by the run that made it
             _log_result(cfg, result, specs.get(result.model or ""), eff.get(result.model, {}))
         if on_result is not None:
             on_result(result)
