@@ -11,17 +11,19 @@ Modes (DistillConfig.mode):
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from kd.config import DistillConfig
-from kd.data import load_passages, load_queries, read_qrels, read_trec_run
-from kd.data.join import JoinStats, join_teacher_scores, join_triples
+from kd.config import ConfigError, DistillConfig, to_flat_dict
+from kd.data import FormatError, load_passages, load_queries, read_qrels, read_trec_run
+from kd.data.join import JoinedTriple, JoinStats, join_teacher_scores, join_triples
 from kd.init import layer_subset_student, other_model_student, truncate_layers
 from kd.losses import get_loss
 from kd.metrics import evaluate
@@ -65,31 +67,56 @@ def _excluded_queries(cfg: DistillConfig) -> set[str]:
     return set(read_qrels(path)) if path else set()
 
 
+def _query_texts(cfg: DistillConfig, excluded: set[str]) -> Iterator[str]:
+    """Embedding mode's examples: every query of data.query_files, minus excluded ids and repeated texts."""
+    seen: set[str] = set()
+    for path in cfg.data.query_files:
+        for qid, text in load_queries(path, strict=cfg.data.strict).items():
+            if qid in excluded or text in seen:
+                continue
+            seen.add(text)
+            yield text
+
+
+def _joined_rows(cfg: DistillConfig, stats: JoinStats) -> Iterator[JoinedTriple]:
+    """The other modes' examples: teacher-score lines (score_file) or id triples joined with their text, read by
+    the validated per-line readers (a bad line, a non-finite score or an unknown id raises FormatError naming the
+    file and line in strict mode; lenient mode counts it in `stats`)."""
+    d = cfg.data
+    queries = load_queries(d.queries, strict=d.strict)
+    passages = load_passages(d.passages, strict=d.strict, use_title=d.use_title, show_progress=False)
+    if cfg.mode == "score_file":
+        return join_teacher_scores(cfg.teacher.scores, queries, passages, strict=d.strict, stats=stats,
+                                   use_title=d.use_title)
+    return join_triples(d.triples, queries, passages, strict=d.strict, stats=stats, use_title=d.use_title)
+
+
+def _training_file(cfg: DistillConfig) -> str:
+    return {"score_file": cfg.teacher.scores, "embedding": ", ".join(cfg.data.query_files)}.get(cfg.mode,
+                                                                                               cfg.data.triples)
+
+
+def _no_examples(cfg: DistillConfig, stats: dict) -> FormatError:
+    return FormatError(f"no training examples (mode {cfg.mode}): {stats}", path=_training_file(cfg))
+
+
+def _join_stats(stats: JoinStats, excluded: int) -> dict:
+    return {"rows": stats.rows, "joined": stats.joined, "skipped": stats.skipped,
+            "missing_query": stats.missing_query, "missing_passage": stats.missing_passage,
+            "duplicates": stats.duplicates, "excluded_queries": excluded}
+
+
 def load_examples(cfg: DistillConfig) -> Examples:
     d = cfg.data
     excluded = _excluded_queries(cfg)
     if cfg.mode == "embedding":
-        queries: list[str] = []
-        seen: set[str] = set()
-        for path in d.query_files:
-            for qid, text in load_queries(path, strict=d.strict).items():
-                if qid in excluded or text in seen:
-                    continue
-                seen.add(text)
-                queries.append(text)
-        ex = Examples(query=queries, stats={"query_files": list(d.query_files), "excluded": len(excluded)})
+        ex = Examples(query=list(_query_texts(cfg, excluded)),
+                      stats={"query_files": list(d.query_files), "excluded": len(excluded)})
     else:
-        queries_map = load_queries(d.queries, strict=d.strict)
-        passages = load_passages(d.passages, strict=d.strict, use_title=d.use_title, show_progress=False)
         stats = JoinStats()
-        if cfg.mode == "score_file":
-            rows = join_teacher_scores(cfg.teacher.scores, queries_map, passages, strict=d.strict, stats=stats,
-                                       use_title=d.use_title)
-        else:
-            rows = join_triples(d.triples, queries_map, passages, strict=d.strict, stats=stats, use_title=d.use_title)
         q, p, n, tp, tn = [], [], [], [], []
         dropped_excluded = 0
-        for r in rows:
+        for r in _joined_rows(cfg, stats):
             if r.qid in excluded:
                 dropped_excluded += 1
                 continue
@@ -99,16 +126,36 @@ def load_examples(cfg: DistillConfig) -> Examples:
         ex = Examples(
             q, p, n, np.asarray(tp, dtype=np.float64) if with_scores else None,
             np.asarray(tn, dtype=np.float64) if with_scores else None,
-            stats={"rows": stats.rows, "joined": stats.joined, "skipped": stats.skipped,
-                   "missing_query": stats.missing_query, "missing_passage": stats.missing_passage,
-                   "excluded_queries": dropped_excluded},
+            stats=_join_stats(stats, dropped_excluded),
         )
     if d.max_examples is not None and len(ex) > d.max_examples:
         ex = _take(ex, d.max_examples)
     if len(ex) == 0:
-        raise ValueError(f"no training examples (mode {cfg.mode}): {ex.stats}")
+        raise _no_examples(cfg, ex.stats)
     ex.stats["examples"] = len(ex)
     return ex
+
+
+def check_examples(cfg: DistillConfig) -> dict:
+    """The driver's pass over the training data before any Ray work: the same readers, joins and checks as
+    `load_examples` (what every worker runs), streamed and counted instead of kept, so a NaN teacher score, a
+    malformed line or an unknown id fails in seconds with the file and line (FormatError) instead of inside every
+    Ray worker after start-up, and again after a retry. Returns the counts `load_examples` would report."""
+    excluded = _excluded_queries(cfg)
+    if cfg.mode == "embedding":
+        n = sum(1 for _ in _query_texts(cfg, excluded))
+        stats = {"query_files": list(cfg.data.query_files), "excluded": len(excluded)}
+    else:
+        join = JoinStats()
+        kept = [0, 0]  # kept, excluded
+        for r in _joined_rows(cfg, join):
+            kept[r.qid in excluded] += 1
+        n, stats = kept[0], _join_stats(join, kept[1])
+    if cfg.data.max_examples is not None:
+        n = min(n, cfg.data.max_examples)
+    if n == 0:
+        raise _no_examples(cfg, stats)
+    return {**stats, "examples": n}
 
 
 def _take(ex: Examples, n: int) -> Examples:
@@ -216,6 +263,50 @@ class DistillStep(nn.Module):
         return self.loss(torch.stack([s_pos, s_neg], 1), torch.stack([t_pos, t_neg], 1))  # listwise over (p⁺, p⁻)
 
 
+def check_vocabularies(cfg: DistillConfig) -> None:
+    """In-loop KD feeds the student's token ids to the teacher too (DistillStep), so a student built from its own
+    backbone must share the teacher's vocabulary. Checked on the driver from the two tokenizers alone (no weights):
+    the mismatch would otherwise surface only inside every Ray worker, after the models were loaded."""
+    if cfg.mode != "in_loop" or cfg.student.init.strategy == "teacher_layers":  # a layer copy has the teacher's
+        return
+    from transformers import AutoTokenizer
+
+    teacher = AutoTokenizer.from_pretrained(bb.resolve(cfg.teacher.model)).get_vocab()
+    student = AutoTokenizer.from_pretrained(bb.resolve(cfg.student.backbone)).get_vocab()
+    if teacher != student:
+        raise ConfigError(
+            f"field student.backbone: in-loop KD runs teacher and student on the same tokens, but the vocabulary of "
+            f"{cfg.student.backbone} ({len(student)} tokens) differs from that of teacher.model {cfg.teacher.model} "
+            f"({len(teacher)} tokens); use a backbone with the teacher's tokenizer or student.init.strategy="
+            "teacher_layers")
+
+
+# ------------------------------------------------------------------------------------------------- run identity
+# fields that do not change what a run computes: where it is stored and tracked, how it is registered, and the
+# fault-tolerance / bookkeeping knobs (a rerun may change these and still resume)
+NOT_RUN_DEFINING = ("run.", "mlflow.", "registry.", "training.max_failures", "training.num_to_keep",
+                    "training.fault_injection", "training.checkpoint_every", "training.log_every")
+
+
+def run_fields(cfg: DistillConfig) -> dict:
+    """The flat config fields that define a run (what its checkpoints were trained with); paths as given, so
+    resolve them first (kd.runtime.distill.absolutize) for a relative and an absolute path to compare equal."""
+    return {k: v for k, v in to_flat_dict(cfg).items() if not k.startswith(NOT_RUN_DEFINING)}
+
+
+def fingerprint(fields: dict) -> str:
+    """sha256 of the fields' canonical JSON (the sweep's resume check hashes its config the same way)."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def changed_fields(old: dict, new: dict) -> list[str]:
+    """`key: old → new` for every field that differs (added and removed fields included), sorted by key."""
+    missing = object()
+    shown = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
+    return [f"{key}: {shown(old.get(key, missing))} → {shown(new.get(key, missing))}"
+            for key in sorted(set(old) | set(new)) if old.get(key, missing) != new.get(key, missing)]
+
+
 # --------------------------------------------------------------------------------------------------- validation
 def metric_key(name: str) -> str:
     """`ndcg@10` → `ndcg_at_10`: MLflow metric names may not contain '@'."""
@@ -237,7 +328,8 @@ class Validator:
         queries = load_queries(v.queries)
         qids = sorted(q for q in run if q in qrels and q in queries)
         if not qids:
-            raise ValueError(f"validation: no query of {v.run} has qrels in {v.qrels} and text in {v.queries}")
+            raise FormatError(f"validation: no query of this run has qrels in {v.qrels} and text in {v.queries}",
+                              path=v.run)
         if v.max_queries:
             qids = qids[: v.max_queries]
         self.all_qids = qids
