@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 
 from kd.config import DistillConfig, to_flat_dict
+from kd.runtime.run_guards import (check_resources, check_resumable, check_same_run, file_digests, find_run,
+                                   run_folder, run_lock, seal_checkpoint, verify_restored)
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +88,10 @@ def _mlflow_start(cfg: DistillConfig, extra_tags: dict | None = None):
     from kd.runtime.tracking import git_commit, log_params, use_experiment
 
     use_experiment(cfg.mlflow)
+    found = find_run(cfg)
     name = cfg.mlflow.run_name or cfg.run.name
-    found = mlflow.search_runs(filter_string=f"tags.`kd.run_name` = '{cfg.run.name}'", output_format="list")
     if found:  # a restarted worker group (or a rerun with the same name) continues the same MLflow run
-        return mlflow.start_run(run_id=found[0].info.run_id)
+        return mlflow.start_run(run_id=found.info.run_id)
     run = mlflow.start_run(run_name=name, tags={
         "kd.run_name": cfg.run.name, "kd.job": "distill", "kd.mode": cfg.mode,
         "kd.git_commit": git_commit() or "unknown", "kd.dataset": cfg.registry.dataset_tag or "",
@@ -127,6 +129,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch.distributed as dist
     from safetensors.torch import load_file
 
+    from kd.runtime.interrupts import run_status
     from kd.training import DistillStep, Validator, build_loss, build_student, load_examples, load_teacher_model
     from kd.training import metric_key, rank_batches, validation_scorer
 
@@ -167,6 +170,7 @@ def train_loop_per_worker(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
+            verify_restored(cfg, Path(d), rank, device)  # before anything unpickles it
             _, client = engine.load_checkpoint(d, tag="ds")
             step, best, best_metrics = client["step"], client["best"], client["best_metrics"]
             if rank == 0 and (Path(d) / "best_student" / "model.safetensors").exists():
@@ -213,73 +217,82 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0:
                 save_best_student(Path(tmp) / "best_student")
                 (Path(tmp) / "kd_progress.json").write_text(json.dumps({"step": step, **metrics}) + "\n")
+            per_rank = [None] * world
+            dist.all_gather_object(per_rank, file_digests(Path(tmp)))
+            if rank == 0:
+                seal_checkpoint(cfg, Path(tmp), step, per_rank)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    engine.train()
-    losses: list[float] = []
-    t_last, seen_since = time.perf_counter(), 0
-    while step < total_steps:
-        epoch = step // steps_per_epoch
-        batches = rank_batches(len(examples), epoch, t.seed, rank, world, mb)[: steps_per_epoch * ga]
-        for bi in range((step - epoch * steps_per_epoch) * ga, len(batches)):
-            torch.manual_seed(t.seed * 1_000_003 + rank * 10_007 + epoch * 100_003 + bi)  # dropout: f(step, rank)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                loss = engine(examples.batch(batches[bi]))
-            engine.backward(loss)
-            engine.step()
-            losses.append(float(loss.detach()))
-            seen_since += len(batches[bi])
-            if (bi + 1) % ga:
-                continue
-            step += 1
-            if fault is not None and rank == fault.rank and step == fault.at_step and not marker.exists():
-                storage.mkdir(parents=True, exist_ok=True)
-                marker.write_text(f"worker rank {rank} killed at step {step}\n")
-                logger.error("fault injection: killing worker rank %d at step %d", rank, step)
-                os._exit(1)
-            metrics: dict = {"step": step, "total_steps": total_steps}  # total_steps: lets callbacks spot the end
-            if step % t.log_every == 0 or step == total_steps:
-                mean_loss = torch.tensor([sum(losses) / max(len(losses), 1)], dtype=torch.float64)
-                dist.all_reduce(mean_loss)
-                elapsed = time.perf_counter() - t_last
-                metrics.update(loss=mean_loss.item() / world, lr=scheduler.get_last_lr()[0],
-                               examples_per_second=seen_since * world / max(elapsed, 1e-9))
-                losses, t_last, seen_since = [], time.perf_counter(), 0
-                if run is not None:
-                    mlflow.log_metrics({k: v for k, v in metrics.items() if k not in ("step", "total_steps")},
-                                       step=step)
-            validating = validator is not None and (step % cfg.validation.every_steps == 0 or step == total_steps)
-            if validating:
-                engine.eval()
-                val = validate()
-                engine.train()
-                metrics.update({f"val_{k}": v for k, v in val.items()})
-                if val[target] > best:
-                    best, best_metrics = val[target], val
-                    if rank == 0:
-                        best_state = {k: v.detach().cpu().clone() for k, v in module.student.state_dict().items()}
-                if run is not None:
-                    mlflow.log_metrics({f"val_{k}": v for k, v in val.items()}, step=step)
-            if validating or step % t.checkpoint_every == 0 or step == total_steps:
-                checkpoint(metrics)
-            if step >= total_steps:
-                break
-    final = {"step": step, "best_" + target: best if validator else float("nan"),
-             **{f"best_val_{k}": v for k, v in best_metrics.items()}}
-    if rank == 0:
-        # the best student (the last one without validation), saved once, as a plain kd folder at a fixed path (the
-        # example configs score_teachers_scifact.yaml and tinybert_scifact.yaml name <storage>/<run>/final_model as
-        # a teacher); the pyfunc model logged from it carries the same folder into MLflow and the registry
-        storage.mkdir(parents=True, exist_ok=True)
-        folder = save_best_student(storage / "final_model")
-        final["final_model"] = str(folder)
+    try:  # an MLflow run never stays RUNNING: a failing worker ends it FAILED (a restarted group continues it)
+        engine.train()
+        losses: list[float] = []
+        t_last, seen_since = time.perf_counter(), 0
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            batches = rank_batches(len(examples), epoch, t.seed, rank, world, mb)[: steps_per_epoch * ga]
+            for bi in range((step - epoch * steps_per_epoch) * ga, len(batches)):
+                torch.manual_seed(t.seed * 1_000_003 + rank * 10_007 + epoch * 100_003 + bi)  # dropout: f(step, rank)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                    loss = engine(examples.batch(batches[bi]))
+                engine.backward(loss)
+                engine.step()
+                losses.append(float(loss.detach()))
+                seen_since += len(batches[bi])
+                if (bi + 1) % ga:
+                    continue
+                step += 1
+                if fault is not None and rank == fault.rank and step == fault.at_step and not marker.exists():
+                    storage.mkdir(parents=True, exist_ok=True)
+                    marker.write_text(f"worker rank {rank} killed at step {step}\n")
+                    logger.error("fault injection: killing worker rank %d at step %d", rank, step)
+                    os._exit(1)
+                metrics: dict = {"step": step, "total_steps": total_steps}  # total_steps: lets callbacks spot the end
+                if step % t.log_every == 0 or step == total_steps:
+                    mean_loss = torch.tensor([sum(losses) / max(len(losses), 1)], dtype=torch.float64)
+                    dist.all_reduce(mean_loss)
+                    elapsed = time.perf_counter() - t_last
+                    metrics.update(loss=mean_loss.item() / world, lr=scheduler.get_last_lr()[0],
+                                   examples_per_second=seen_since * world / max(elapsed, 1e-9))
+                    losses, t_last, seen_since = [], time.perf_counter(), 0
+                    if run is not None:
+                        mlflow.log_metrics({k: v for k, v in metrics.items() if k not in ("step", "total_steps")},
+                                           step=step)
+                validating = validator is not None and (step % cfg.validation.every_steps == 0 or step == total_steps)
+                if validating:
+                    engine.eval()
+                    val = validate()
+                    engine.train()
+                    metrics.update({f"val_{k}": v for k, v in val.items()})
+                    if val[target] > best:
+                        best, best_metrics = val[target], val
+                        if rank == 0:
+                            best_state = {k: v.detach().cpu().clone() for k, v in module.student.state_dict().items()}
+                    if run is not None:
+                        mlflow.log_metrics({f"val_{k}": v for k, v in val.items()}, step=step)
+                if validating or step % t.checkpoint_every == 0 or step == total_steps:
+                    checkpoint(metrics)
+                if step >= total_steps:
+                    break
+        final = {"step": step, "best_" + target: best if validator else float("nan"),
+                 **{f"best_val_{k}": v for k, v in best_metrics.items()}}
+        if rank == 0:
+            # the best student (the last one without validation), saved once, as a plain kd folder at a fixed path (the
+            # example configs score_teachers_scifact.yaml and tinybert_scifact.yaml name <storage>/<run>/final_model as
+            # a teacher); the pyfunc model logged from it carries the same folder into MLflow and the registry
+            storage.mkdir(parents=True, exist_ok=True)
+            folder = save_best_student(storage / "final_model")
+            final["final_model"] = str(folder)
+            if run is not None:
+                final.update(_register(cfg, folder, best_metrics))
+                mlflow.log_metric("best_" + target, final["best_" + target])
+                final["mlflow_run_id"] = run.info.run_id
+                mlflow.end_run()
+            (storage / "final.json").write_text(json.dumps(final, indent=2, default=str) + "\n")
+        ray.train.report({k: v for k, v in final.items() if isinstance(v, (int, float, str))})
+    except BaseException as e:
         if run is not None:
-            final.update(_register(cfg, folder, best_metrics))
-            mlflow.log_metric("best_" + target, final["best_" + target])
-            final["mlflow_run_id"] = run.info.run_id
-            mlflow.end_run()
-        (storage / "final.json").write_text(json.dumps(final, indent=2, default=str) + "\n")
-    ray.train.report({k: v for k, v in final.items() if isinstance(v, (int, float, str))})
+            mlflow.end_run(status=run_status(e))
+        raise
 
 
 def distill(cfg: DistillConfig, *, callbacks=(), mlflow_tags: dict[str, str] | None = None) -> dict:
@@ -287,15 +300,55 @@ def distill(cfg: DistillConfig, *, callbacks=(), mlflow_tags: dict[str, str] | N
 
     `callbacks`: Ray Train V2 UserCallbacks (a sweep passes one that forwards validation reports to Tune);
     `mlflow_tags`: extra tags of a new MLflow run (a sweep nests trials with `mlflow.parentRunId`).
+    Before Ray starts: the run's lock (one job per run.name), the same-config check, the inputs and the checkpoint
+    Ray Train would resume from.
     """
+    cfg = absolutize(cfg)
+    with run_lock(cfg):
+        return _distill_locked(cfg, callbacks, mlflow_tags)
+
+
+def check_inputs(cfg: DistillConfig) -> None:
+    """Everything the workers would read, checked on the driver before Ray starts (the same readers and checks):
+    the training data, the validation files and (in-loop KD) the two vocabularies."""
+    from kd.training import Validator, check_examples, check_vocabularies
+
+    logger.info("training data: %s", check_examples(cfg))
+    if cfg.validation.run:
+        logger.info("validation: %d queries", len(Validator(cfg).all_qids))
+    check_vocabularies(cfg)
+
+
+def _end_open_run(cfg: DistillConfig, exc: BaseException) -> None:
+    """A worker killed with the job (Ctrl+C, SIGTERM, a failed worker group) cannot end its MLflow run: the driver
+    ends it as run_status(exc) (KILLED / FAILED) if it is still RUNNING."""
+    if not cfg.mlflow.enabled:
+        return
+    from mlflow import MlflowClient
+
+    from kd.runtime.interrupts import run_status
+
+    try:
+        run = find_run(cfg)
+        if run is not None and run.info.status == "RUNNING":
+            MlflowClient(cfg.mlflow.tracking_uri).set_terminated(run.info.run_id, status=run_status(exc))
+    except Exception:  # noqa: BLE001 - never hide the job's own error behind a tracking one
+        logger.exception("could not end the MLflow run of %s", cfg.run.name)
+
+
+def _distill_locked(cfg: DistillConfig, callbacks, mlflow_tags: dict[str, str] | None) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from kd.runtime.cluster import ensure_ray
+    from kd.runtime.interrupts import keep_signal_handlers
 
-    cfg = absolutize(cfg)
     t = cfg.training
+    check_same_run(cfg)
+    check_inputs(cfg)
+    check_resumable(cfg)
     ensure_ray()
+    check_resources(cfg)
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
         resources["GPU"] = 1
@@ -310,8 +363,13 @@ def distill(cfg: DistillConfig, *, callbacks=(), mlflow_tags: dict[str, str] | N
             callbacks=list(callbacks),
         ),
     )
-    result = trainer.fit()
-    final_file = Path(cfg.run.storage_path) / cfg.run.name / "final.json"
+    try:
+        with keep_signal_handlers():  # Ray Train's SIGINT handler must not outlive the fit (later stages' Ctrl+C)
+            result = trainer.fit()
+    except BaseException as e:
+        _end_open_run(cfg, e)
+        raise
+    final_file = run_folder(cfg) / "final.json"
     out = json.loads(final_file.read_text()) if final_file.exists() else dict(result.metrics or {})
     out["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     return out
