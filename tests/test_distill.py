@@ -229,3 +229,124 @@ def test_invalid_config_fails_fast_before_ray(data, override, field, message):
     assert f"field {field}" in proc.stderr and message in proc.stderr
     assert "Ray" not in proc.stderr
     assert elapsed < 5, f"took {elapsed:.1f}s"
+
+
+# ------------------------------------------------------------------------------ guards around a real run (issue 14)
+def _job(config: Path, head, *overrides: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
+    args = [sys.executable, "-m", "jobs.distill", "--config", str(config)]
+    for o in overrides:
+        args += ["--set", o]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(args, cwd=REPO, env=head.env(), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"still running after {timeout:.0f} s:\n{(e.stderr or b'')[-3000:]}")
+    return proc, time.perf_counter() - start
+
+
+def test_changed_config_under_an_existing_run_name_is_refused(data, ray_cluster):
+    """lr, teacher file and max_steps changed under a finished run's name: refused before Ray, naming the fields."""
+    config, _ = _mode_run(data, "score_file", ray_cluster)
+    other = data["root"] / "teacher_scores_v2.tsv"
+    other.write_text((data["root"] / "teacher_scores.tsv").read_text())
+    proc, elapsed = _job(config, ray_cluster, "training.lr=1e-3", "training.max_steps=14", f"teacher.scores={other}",
+                         timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    for text in ("training.lr: 0.0002 → 0.001", "training.max_steps: 12 → 14", f"→ '{other}'",
+                 f"delete {data['root'] / 'runs' / 'score_file-run'}"):
+        assert text in proc.stderr, proc.stderr[-3000:]
+    assert elapsed < 60 and "resumed at step" not in proc.stderr
+
+
+def test_more_workers_than_the_cluster_holds_fail_fast(data, ray_cluster):
+    """num_workers=4 on a 2-CPU cluster: today Ray Train waits for the 4 CPUs forever."""
+    config = _mode_config(data, "score_file", "too-many-workers")
+    proc, elapsed = _job(config, ray_cluster, "training.num_workers=4", timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "field training.num_workers: the workers need 4 CPU" in proc.stderr and "the cluster has 2" in proc.stderr
+    assert elapsed < 90, f"took {elapsed:.0f} s"
+
+
+_AUTOSCALE_PROBE = """
+import logging, sys
+import ray
+from kd.config import ConfigError, DistillConfig, load_config
+from kd.runtime import run_guards
+logging.basicConfig(level=logging.WARNING)
+cfg = load_config(DistillConfig, sys.argv[1], ["training.num_workers=4"])
+ray.init(log_to_driver=False)  # RAY_ADDRESS: the test's head
+print("may_autoscale", run_guards.may_autoscale())
+try:
+    run_guards.check_resources(cfg)
+except ConfigError as e:
+    print("refused:", e)
+run_guards.may_autoscale = lambda: True  # no autoscaler can exist here: stand in for one
+run_guards.check_resources(cfg)
+print("accepted")
+"""
+
+
+def test_a_cluster_that_may_autoscale_only_warns(data, ray_cluster):
+    config = _mode_config(data, "score_file", "autoscale")
+    proc = subprocess.run([sys.executable, "-c", _AUTOSCALE_PROBE, str(config)], cwd=REPO, env=ray_cluster.env(),
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "may_autoscale False" in proc.stdout  # a `ray start` head: no autoscaler config in its GCS
+    assert "refused: field training.num_workers: the workers need 4 CPU" in proc.stdout
+    assert "accepted" in proc.stdout and "waiting for the autoscaler to add nodes" in proc.stderr
+
+
+_PAYLOAD = """
+import pathlib, sys, torch
+class Payload:
+    def __reduce__(self):
+        return (pathlib.Path.write_text, (pathlib.Path(sys.argv[2]), "payload ran\\n"))
+torch.save({"module": Payload()}, sys.argv[1])
+"""
+
+
+def test_failed_run_ends_failed_and_a_tampered_checkpoint_is_never_unpickled(data, ray_cluster, tmp_path):
+    """A real run checkpoints every step and its only worker dies at step 4 (no retries): the job fails and its
+    MLflow run ends FAILED. Then its checkpoint is tampered with on storage: appended bytes, then a pickle whose __reduce__
+    writes a marker file. A rerun is refused before Ray Train starts (driver, naming the file); with the driver's
+    check out of the way (mlflow.enabled=false) the workers refuse it too, and the payload never runs."""
+    import hashlib
+
+    import mlflow
+
+    config = _mode_config(data, "score_file", "tampered", validation={}, data__max_examples=16,
+                          training={"num_workers": 1, "micro_batch_size": 8, "epochs": 3, "max_steps": 4,
+                                    "checkpoint_every": 1, "log_every": 1, "seed": 7, "max_failures": 0,
+                                    "fault_injection": {"at_step": 4, "rank": 0}})
+    proc, _ = _job(config, ray_cluster)
+    assert proc.returncode != 0 and (data["root"] / "runs" / "tampered" / ".fault_injected").exists()
+    cfg = yaml.safe_load(config.read_text())
+    client = mlflow.MlflowClient(cfg["mlflow"]["tracking_uri"])
+    experiment = client.get_experiment_by_name(cfg["mlflow"]["experiment"]).experiment_id
+    [run] = client.search_runs([experiment], filter_string="tags.`kd.run_name` = 'tampered'")
+    assert run.info.status == "FAILED"
+    folder = data["root"] / "runs" / "tampered"
+    latest = json.loads((folder / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"]
+    ckpt, step = folder / latest["checkpoint_dir_name"], latest["metrics"]["step"]  # what Ray Train restores
+    manifest = (ckpt / "kd_manifest.json").read_bytes()
+    assert run.data.tags[f"kd.checkpoint_sha256.step_{step}"] == hashlib.sha256(manifest).hexdigest()
+
+    model = ckpt / "ds" / "mp_rank_00_model_states.pt"
+    original = model.read_bytes()
+    model.write_bytes(original + b"\0appended")
+    proc, elapsed = _job(config, ray_cluster, timeout=120)
+    assert proc.returncode == 2 and f"{model}: sha256 differs" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and elapsed < 60
+
+    marker = tmp_path / "payload-ran"
+    subprocess.run([sys.executable, "-c", _PAYLOAD, str(model), str(marker)], check=True)
+    probe = "import sys, torch; torch.load(sys.argv[1], weights_only=False)"  # what DeepSpeed's load does
+    subprocess.run([sys.executable, "-c", probe, str(model)], check=True)
+    assert marker.read_text() == "payload ran\n"  # the payload is real
+    marker.unlink()
+    proc, _ = _job(config, ray_cluster, timeout=120)
+    assert proc.returncode == 2 and f"{model}: sha256 differs" in proc.stderr, proc.stderr[-3000:]
+    proc, _ = _job(config, ray_cluster, "mlflow.enabled=false")  # only the workers' check stands in the way
+    assert proc.returncode != 0
+    assert "refusing to resume run 'tampered'" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    assert not marker.exists(), "the tampered checkpoint was unpickled"
