@@ -201,3 +201,25 @@ def test_job_entrypoint_sets_verbose(eval_config, monkeypatch):
     assert job.main(["--config", str(eval_config), "--set", "mlflow.enabled=false", "--verbose"]) == 0
     assert job.main(["--config", str(eval_config), "--set", "mlflow.enabled=false"]) == 0
     assert seen == [True, False]
+
+
+@pytest.mark.slow
+def test_a_real_tracking_server_passes_the_check_and_a_rerun_reuses_its_run(mlflow_server):
+    import mlflow
+
+    from kd.config import MLflowConfig
+    from kd.runtime import tracking
+
+    cfg = MLflowConfig(tracking_uri=mlflow_server.uri, experiment="tracking-server-test")
+    tracking._answered.discard(mlflow_server.uri)
+    start = time.perf_counter()
+    tracking.check_tracking_server(cfg)
+    assert time.perf_counter() - start < 5 and mlflow_server.uri in tracking._answered
+    try:
+        for _ in range(2):
+            with tracking.mlflow_run(cfg, "it's reused", tags={"kd.job": "score_teachers"}, reuse=True):
+                tracking.log_params({"x": 1})
+        runs = mlflow.search_runs(experiment_names=[cfg.experiment], output_format="list")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("it's reused", "FINISHED")]
