@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -65,6 +66,14 @@ def tracking_uri(cfg: MLflowConfig) -> str | None:
 _answered: set[str] = set()
 
 
+def _tls_context() -> ssl.SSLContext | None:
+    """The TLS settings MLflow's client honours: MLFLOW_TRACKING_INSECURE_TLS, MLFLOW_TRACKING_SERVER_CERT_PATH."""
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return ssl._create_unverified_context()
+    cafile = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    return ssl.create_default_context(cafile=cafile) if cafile else None
+
+
 def check_tracking_server(cfg: MLflowConfig, timeout: float = HEALTH_TIMEOUT_S) -> None:
     """Fail in seconds, naming the URI, when an http(s) tracking server does not answer its /health endpoint.
 
@@ -80,7 +89,7 @@ def check_tracking_server(cfg: MLflowConfig, timeout: float = HEALTH_TIMEOUT_S) 
     source = "mlflow.tracking_uri" if cfg.tracking_uri else "$MLFLOW_TRACKING_URI"
     health = uri.rstrip("/") + "/health"
     try:
-        with urllib.request.urlopen(health, timeout=timeout):
+        with urllib.request.urlopen(health, timeout=timeout, context=_tls_context()):
             pass
     except urllib.error.HTTPError as e:
         if e.code >= 500:
