@@ -110,7 +110,7 @@ class ComputeConfig(Strict):
 
 
 class _Task(Strict):
-    name: str = Field(min_length=1, description="dataset label (MLflow tag kd.dataset, file names)")
+    name: SafeName = Field(description="dataset label (MLflow tag kd.dataset, file names)")
     metrics: list[str] | None = None  # None: the job's `metrics`
     relevance_level: int | None = Field(None, ge=1, description="binarisation grade for MRR/Recall/MAP; "
                                                                "None: the job's default (TREC DL: 2)")
