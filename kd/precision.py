@@ -17,6 +17,7 @@ the same Linear on a 2-core AVX2-only EPYC: about 8x slower.
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 flags (as /proc/cpuinfo spells them) of native bf16 math
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: with one set, oneDNN emulates bf16 whatever the flags
+ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 CPU_BF16_SLOWDOWN = "several times slower than fp32 (about 8x on an AVX2-only CPU)"
 CPU_BF16_MEASURED = "one 64x256x384->1536 Linear took 3,043 ms in bf16 vs 375 ms in fp32 on such a CPU"
 
@@ -80,7 +83,17 @@ def _hardware(kind: str, cpu_flags: Iterable[str] | None, cuda_bf16: bool | None
     seen = "/".join(have) if have else f"no {'/'.join(NATIVE_BF16_FLAGS)} flag"
     if cpu_flags is None:  # this machine: name what torch reports too, the figure a user would look up first
         seen += f", torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    cap = onednn_isa_cap()
+    if have and cap in ONEDNN_ISAS_WITHOUT_BF16:  # the 578 / 1181 ms rows of the module docstring
+        have, seen = [], f"{seen}, but ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN from using it"
     return bool(have), f"CPU {'with' if have else 'without'} native bf16 ({seen})"
+
+
+def onednn_isa_cap() -> str | None:
+    """The user's cap on oneDNN's CPU kernels (`ONEDNN_MAX_CPU_ISA`, or the older `DNNL_MAX_CPU_ISA`), upper-case;
+    None when unset. Read at every decision, like oneDNN reads it at start-up."""
+    raw = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return raw.strip().upper() if raw and raw.strip() else None
 
 
 def resolve_precision(requested: str, device: torch.device | str, cpu_flags: Iterable[str] | None = None,
@@ -107,5 +120,6 @@ def resolve_precision(requested: str, device: torch.device | str, cpu_flags: Ite
     return Decision("bf16", f"bf16 requested on a {what}: emulated, {slower}")
 
 
-__all__ = ["CPU_BF16_MEASURED", "CPU_BF16_SLOWDOWN", "Decision", "NATIVE_BF16_FLAGS", "PRECISIONS", "PrecisionWarning",
-           "resolve_precision", "this_cpu_flags"]
+__all__ = ["CPU_BF16_MEASURED", "CPU_BF16_SLOWDOWN", "Decision", "NATIVE_BF16_FLAGS", "ONEDNN_ISAS_WITHOUT_BF16",
+           "PRECISIONS", "PrecisionWarning",
+           "onednn_isa_cap", "resolve_precision", "this_cpu_flags"]
