@@ -307,9 +307,10 @@ torch.save({"module": Payload()}, sys.argv[1])
 
 def test_failed_run_ends_failed_and_a_tampered_checkpoint_is_never_unpickled(data, ray_cluster, tmp_path):
     """A real run checkpoints every step and its only worker dies at step 4 (no retries): the job fails and its
-    MLflow run ends FAILED. Then its checkpoint is tampered with on storage: appended bytes, then a pickle whose __reduce__
-    writes a marker file. A rerun is refused before Ray Train starts (driver, naming the file); with the driver's
-    check out of the way (mlflow.enabled=false) the workers refuse it too, and the payload never runs."""
+    MLflow run ends FAILED. Then the checkpoint Ray Train would restore is tampered with on storage: appended bytes,
+    then a pickle whose __reduce__ writes a marker file. A rerun is refused before Ray Train starts (driver, naming the
+    file); with the driver's check out of the way (mlflow.enabled=false) the workers refuse it too, and the payload
+    never runs."""
     import hashlib
 
     import mlflow

@@ -203,6 +203,22 @@ def test_resource_shortfall_names_what_is_needed_and_what_exists(files, training
     assert resource_shortfall(cfg, total, node) == expected
 
 
+def test_how_a_cluster_that_may_autoscale_is_recognised(tmp_path, monkeypatch):
+    """The signs an autoscaling cluster leaves (none can exist here, so they are put in place): KubeRay's pod env,
+    the cluster launcher's bootstrap file on the head. Without them (and no autoscaler config in a GCS) a need above
+    the cluster's total fails (tests/test_distill.py, on a real head)."""
+    from kd.runtime.run_guards import may_autoscale
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_USAGE_STATS_KUBERAY_IN_USE", raising=False)
+    assert not may_autoscale()
+    monkeypatch.setenv("RAY_USAGE_STATS_KUBERAY_IN_USE", "1")
+    assert may_autoscale()
+    monkeypatch.delenv("RAY_USAGE_STATS_KUBERAY_IN_USE")
+    (tmp_path / "ray_bootstrap_config.yaml").write_text("cluster_name: kd\n")
+    assert may_autoscale()
+
+
 # ------------------------------------------------------------------------------------------ checkpoint integrity
 def _saved_checkpoint(folder: Path, cfg) -> set[str]:
     """A checkpoint folder as two ranks save it, sealed by rank 0 as the job does; returns the trusted digests."""

@@ -3,7 +3,8 @@
 - One job per run.name: an exclusive lock on the run's folder for the job's life (`run_lock`).
 - One config per run.name: the fields that define a run are fingerprinted in the folder; a rerun that changed
   them is refused, naming them (`check_same_run`).
-- Workers that the cluster can hold: num_workers × per-worker resources against the cluster's total (`check_resources`).
+- Workers that the cluster can hold: num_workers × per-worker resources against the cluster's total
+  (`check_resources`).
 - Only checkpoints the job wrote are resumed: each carries a manifest of its files' sha256, whose own digest is kept
   where only the job writes (`record_digest`, `checkpoint_problem`, `verify_restored`).
 """
@@ -107,15 +108,22 @@ def check_same_run(cfg: DistillConfig) -> None:
 
 # ========================================================================================= cluster resources
 def may_autoscale() -> bool:
-    """Whether the cluster can grow: an autoscaler published its node groups to the GCS (autoscaler v2: KubeRay's
-    in-tree autoscaling; Ray Train then checks the node groups' maximum itself), or this head was started by the
-    Ray cluster launcher (`ray up` leaves ~/ray_bootstrap_config.yaml on the head, where jobs' drivers run)."""
+    """Whether the cluster can grow, so that a need above today's total is not final. Yes when:
+    - the job runs in a KubeRay pod (the operator sets RAY_USAGE_STATS_KUBERAY_IN_USE, as Ray's usage stats read it):
+      its worker groups may scale (enableInTreeAutoscaling), and KubeRay's default (v1) autoscaler publishes nothing
+      to the GCS;
+    - an autoscaler published its node groups to the GCS (autoscaler v2; Ray Train then checks their maximum itself);
+    - this head was started by the Ray cluster launcher (`ray up` leaves ~/ray_bootstrap_config.yaml on the head,
+      where submitted jobs' drivers run).
+    Otherwise (`ray start`, a local ray.init) the cluster is what it is."""
+    if "RAY_USAGE_STATS_KUBERAY_IN_USE" in os.environ:
+        return True
     from ray._private import state
 
     try:
         if state.state.get_cluster_config() is not None:
             return True
-    except Exception:  # noqa: BLE001 - an older GCS without the autoscaler-state API: decide by the launcher file
+    except Exception:  # noqa: BLE001 - not connected, or a GCS without the autoscaler-state API: the other signs
         pass
     return (Path.home() / "ray_bootstrap_config.yaml").is_file()
 
