@@ -83,7 +83,7 @@ def _hardware(kind: str, cpu_flags: Iterable[str] | None, cuda_bf16: bool | None
     seen = "/".join(have) if have else f"no {'/'.join(NATIVE_BF16_FLAGS)} flag"
     if cpu_flags is None:  # this machine: name what torch reports too, the figure a user would look up first
         seen += f", torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
-    cap = onednn_isa_cap()
+    cap = onednn_isa_cap() if cpu_flags is None else None  # a cap is this process's fact, like its CPU's flags
     if have and cap in ONEDNN_ISAS_WITHOUT_BF16:  # the 578 / 1181 ms rows of the module docstring
         have, seen = [], f"{seen}, but ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN from using it"
     return bool(have), f"CPU {'with' if have else 'without'} native bf16 ({seen})"

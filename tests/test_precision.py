@@ -27,6 +27,14 @@ SAPPHIRE_RAPIDS = ZEN4 | {"amx_bf16", "amx_tile", "amx_int8"}
 
 
 # ------------------------------------------------------------------------------------------------ the decision
+@pytest.fixture(autouse=True)
+def no_onednn_cap(monkeypatch):
+    """These tests state the hardware facts themselves; a oneDNN ISA cap in the environment (one way to run the suite
+    as on an AVX2-only CPU) is a fact of its own, tested in test_a_onednn_isa_cap_below_bf16_makes_auto_fp32."""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+
+
 def test_auto_is_bf16_on_cuda_with_native_bf16_and_fp32_on_older_gpus():
     d = resolve_precision("auto", "cuda", cuda_bf16=True)
     assert (d.precision, d.bf16) == ("bf16", True) and "CUDA" in d.reason
@@ -54,7 +62,8 @@ def test_a_onednn_isa_cap_below_bf16_makes_auto_fp32(monkeypatch, cap, native):
     """ONEDNN_MAX_CPU_ISA=AVX2 makes a bf16 CPU emulate bf16 (1181 ms vs 238 ms fp32 in kd.precision's docstring):
     auto must then pick fp32 and say why."""
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
-    d = resolve_precision("auto", "cpu", cpu_flags=ZEN4)
+    monkeypatch.setattr(kd.precision, "this_cpu_flags", lambda: ZEN4)  # this machine's facts: flags and the cap
+    d = resolve_precision("auto", "cpu")
     assert d.bf16 is native
     assert ("ONEDNN_MAX_CPU_ISA" in d.reason) is (not native)
 
