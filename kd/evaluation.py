@@ -37,6 +37,7 @@ from kd.data.formats import UNKNOWN_DOCUMENT_ID, UNKNOWN_QUERY_ID, Qrels, Run, i
 from kd.metrics import EvalResult, evaluate
 from kd.models import BertDot, Ranker
 from kd.precision import resolve_precision
+from kd.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -186,13 +187,14 @@ def encode_texts(
     out = np.empty((len(texts), model.embedding_dim), dtype=np.float32)
     was_training = model.training
     model.eval()
+    progress = Progress(desc or f"encoding {kind}", len(texts), unit="texts", enabled=show_progress)
     try:
-        from tqdm.auto import tqdm
-
-        for idx in tqdm(batches, desc=desc or f"encoding {kind}", unit="batch", disable=not show_progress):
+        for idx in batches:
             out[idx] = encode_batch(model, [texts[i] for i in idx], kind, precision=precision)
+            progress.update(len(idx))
     finally:
         model.train(was_training)
+    progress.close()
     return out
 
 

@@ -144,7 +144,7 @@ class _Clock:
 
 
 def test_progress_line_format_and_throttling():
-    from kd.runtime.progress import Progress, format_duration
+    from kd.progress import Progress, format_duration
 
     clock, lines = _Clock(), []
     p = Progress("teacher scoring", 10_000, unit="triples", done=2_000, every=20, clock=clock, log=lines.append)
@@ -170,6 +170,25 @@ def test_progress_line_format_and_throttling():
     q.update(5)
     q.close()
     assert quiet == [] and q.done == 5
+
+
+def test_in_process_rerank_and_encoding_report_calm_lines_not_bars(minilm_path, sample_rows, caplog, capsys):
+    """Re-ranking (Ranker.predict) and local encoding (encode_texts), the evaluate stage's long steps, log the same
+    calm line as Ray Data stages (they drew a tqdm bar, which off a terminal is a line per redraw)."""
+    from kd.evaluation import encode_texts
+    from kd.models import BertDot
+
+    model = BertDot.from_backbone(minilm_path)
+    capsys.readouterr()  # transformers' own weight-loading bar
+    queries, passages = [r["query"] for r in sample_rows[:6]], [r["passage"] for r in sample_rows[:6]]
+    with caplog.at_level(logging.INFO, logger="kd.progress"):
+        model.predict(queries, passages, batch_size=2, show_progress=True)
+        encode_texts(model, passages, kind="docs", batch_size=4, show_progress=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "kd.progress"]
+    assert any(m.startswith("scoring (bert_dot): 6/6 pairs (100%)") and " in " in m for m in lines), lines
+    assert any(m.startswith("encoding docs: 6/6 texts (100%)") for m in lines), lines
+    err = capsys.readouterr().err
+    assert "it/s" not in err and "batch/s" not in err  # no tqdm bar
 
 
 def test_ray_data_progress_bars_only_with_verbose():

@@ -20,6 +20,7 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from kd.models import backbone as bb
+from kd.progress import Progress
 
 CONFIG_NAME = "kd_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -150,12 +151,8 @@ class Ranker(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            starts = range(0, len(order), batch_size)
-            if show_progress:
-                from tqdm.auto import tqdm
-
-                starts = tqdm(starts, desc=f"scoring ({self.architecture})", unit="batch")
-            for start in starts:
+            progress = Progress(f"scoring ({self.architecture})", len(order), unit="pairs", enabled=show_progress)
+            for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 if features is None:
                     batch = self.tokenize([queries[i] for i in idx], [passages[i] for i in idx])
@@ -163,8 +160,10 @@ class Ranker(nn.Module):
                     batch = pad_features(features, idx, lengths, pad_ids)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 outs.append(self(**batch).float())
+                progress.update(len(idx))
         finally:
             self.train(was_training)
+        progress.close()
         out = torch.empty(len(order), dtype=torch.float32)
         out[torch.from_numpy(order)] = torch.cat(outs).cpu()
         return out

@@ -109,7 +109,8 @@ def encode_corpus_ray(spec: dict, docids: list[str], texts: list[str], cfg: Eval
     import ray
 
     from kd.runtime.cluster import ensure_ray
-    from kd.runtime.progress import Progress, quiet_ray_data
+    from kd.progress import Progress
+    from kd.runtime.progress import quiet_ray_data
 
     ensure_ray()
     quiet_ray_data()

@@ -27,7 +27,8 @@ import torch
 
 from kd.config import ScoreTeachersConfig, to_flat_dict
 from kd.data.join import JoinedTriple, JoinStats, join_triples, load_passages, load_queries
-from kd.runtime.progress import Progress, quiet_ray_data
+from kd.progress import Progress
+from kd.runtime.progress import quiet_ray_data
 from kd.teachers import TeacherEnsemble, load_teacher
 
 logger = logging.getLogger(__name__)
