@@ -20,7 +20,8 @@ from kd.data import FormatError, ReadStats
 from kd.data.formats import MAX_ABS_TEACHER_SCORE
 from kd.metrics import evaluate
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
 needs_data = pytest.mark.skipif(
     not DATA.is_dir(), reason=f"real IR data not found at {DATA} (expected ../shared/data beside the repo root)"
 )
@@ -436,6 +437,22 @@ def test_mine_triples_job_refuses_unknown_documents(tmp_path, scifact_slice, cap
     assert rc == 2
     assert str(run) in io.err and "line 4" in io.err and "'99999999'" in io.err and "corpus.jsonl" in io.err
     assert not out.exists()
+
+
+@needs_data
+def test_the_pipelines_mine_stage_refuses_unknown_documents_too(tmp_path, scifact_slice, capsys):
+    """The pipeline's mine stage runs the job's body (kd/data/mine_file.py): it wrote a file of unknown ids."""
+    from jobs.pipeline import main
+
+    folder, qids, doc_ids = scifact_slice
+    run = _run_file(tmp_path / "run.trec", qids, [*doc_ids[:3], "99999999", *doc_ids[3:]])
+    rc = main(["--config", str(REPO / "configs" / "quickstart.yaml"), "--set", f"output_dir={tmp_path / 'qs'}",
+               "--set", f"mine.beir={folder}", "--set", f"mine.run={run}",
+               "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    err = capsys.readouterr().err
+    assert rc == 2, err[-2000:]
+    assert str(run) in err and "line 4" in err and "'99999999'" in err
+    assert not list((tmp_path / "qs").rglob("triples.tsv"))
 
 
 @needs_data

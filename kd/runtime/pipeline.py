@@ -308,23 +308,12 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------- stage bodies
     def mine(self) -> dict:
-        from kd.data import bm25_beir, mine_triples, read_qrels, read_trec_run, write_triples
+        from kd.data.mine_file import mine_to_file
 
         mc = self.cfg.mine_config()
         run_id = self.tracker.create("mine", params=to_flat_dict(mc))
-        qrels = read_qrels(Path(mc.beir) / "qrels" / f"{mc.split}.tsv")
-        if mc.run:
-            first = read_trec_run(mc.run)
-        else:
-            Path(mc.bm25_run_out).parent.mkdir(parents=True, exist_ok=True)
-            first = bm25_beir(mc.beir, split=mc.split, top_k=mc.top_k, out_path=mc.bm25_run_out)
-        mined = mine_triples(first, qrels, n_negatives=mc.n_negatives, top_k=mc.top_k, threshold=mc.threshold,
-                             seed=mc.seed)
+        n, mined = mine_to_file(mc)  # the job's body: the same checks before anything is written
         out = Path(mc.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        n = write_triples(tmp, mined.triples)
-        os.replace(tmp, out)
         stats = _jsonable(mined.stats)
         _say(f"  {n} triples → {out}  ({mined.stats.summary()})")
         self.tracker.metrics(run_id, {"triples": n, **{f"mining.{k}": v for k, v in stats.items()}})
