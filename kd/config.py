@@ -6,6 +6,8 @@ job's working_dir under `ray job submit`).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import types
@@ -168,6 +170,12 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         return cls.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 of `obj`'s canonical JSON (sorted keys; non-JSON values as str), 16 hex digits: what a resumed run,
+    sweep or evaluation result compares with what produced it."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def to_flat_dict(model: BaseModel, prefix: str = "") -> dict[str, Any]:

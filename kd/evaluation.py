@@ -1019,7 +1019,7 @@ def result_key(cfg, task, spec=None) -> str | None:
     """A digest of everything a (model, task) result depends on: the task, the model spec, metrics, relevance,
     compute and MLflow settings, and the size/mtime of every input file and model folder (a model retrained into the
     same folder changes it). None for a `models:/` or `runs:/` model, whose alias can move: always recomputed."""
-    import hashlib
+    from kd.config import fingerprint
 
     paths = [v for k, v in task.model_dump().items() if k in ("run", "qrels", "queries", "passages", "corpus", "beir")
              and v]
@@ -1031,7 +1031,7 @@ def result_key(cfg, task, spec=None) -> str | None:
             "metrics": list(cfg.metrics_for(task)), "relevance": cfg.relevance_for(task),
             "compute": cfg.compute.model_dump(mode="json"), "mlflow": cfg.mlflow.model_dump(mode="json"),
             "inputs": {p: _stamp(p) for p in paths}}
-    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return fingerprint(what)
 
 
 def _earlier_results(path: Path) -> dict[str, list[TaskResult]]:

@@ -11,8 +11,6 @@ Modes (DistillConfig.mode):
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -292,11 +290,6 @@ def run_fields(cfg: DistillConfig) -> dict:
     """The flat config fields that define a run (what its checkpoints were trained with); paths as given, so
     resolve them first (kd.runtime.distill.absolutize) for a relative and an absolute path to compare equal."""
     return {k: v for k, v in to_flat_dict(cfg).items() if not k.startswith(NOT_RUN_DEFINING)}
-
-
-def fingerprint(fields: dict) -> str:
-    """sha256 of the fields' canonical JSON (the sweep's resume check hashes its config the same way)."""
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def changed_fields(old: dict, new: dict) -> list[str]:

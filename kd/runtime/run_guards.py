@@ -89,7 +89,8 @@ def check_same_run(cfg: DistillConfig) -> None:
     """A rerun under an existing run.name resumes its checkpoint, so it must be the same run: a changed lr, teacher
     file or max_steps silently "resumed at step 2" of the old one. The fields that define a run
     (kd.training.run_fields) are kept in <run folder>/kd_run.json; a mismatch is refused, naming the fields."""
-    from kd.training import changed_fields, fingerprint, run_fields
+    from kd.config import fingerprint
+    from kd.training import changed_fields, run_fields
 
     fields = run_fields(cfg)
     path = run_folder(cfg) / RUN_FILE

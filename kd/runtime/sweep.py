@@ -24,7 +24,6 @@ it without training.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -36,6 +35,7 @@ import yaml
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from kd.config import ConfigError, DistillConfig
+from kd.config import fingerprint as config_fingerprint
 from kd.sweep_config import Dimension, SweepConfig, apply_params, expected_trials, max_concurrent
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def fingerprint(sweep: SweepConfig) -> str:
     keep = sweep.model_dump(mode="json", include={"base", "search_space", "num_samples", "metric", "scheduler",
                                                    "seed"})
     keep["base"].pop("run", None)
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+    return config_fingerprint(keep)
 
 
 def _tune_domain(dim: Dimension):
