@@ -129,7 +129,6 @@ def train_loop_per_worker(config: dict) -> None:
     import torch.distributed as dist
     from safetensors.torch import load_file
 
-    from kd.runtime.interrupts import run_status
     from kd.training import DistillStep, Validator, build_loss, build_student, load_examples, load_teacher_model
     from kd.training import metric_key, rank_batches, validation_scorer
 
@@ -223,76 +222,71 @@ def train_loop_per_worker(config: dict) -> None:
                 seal_checkpoint(cfg, Path(tmp), step, per_rank)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    try:  # an MLflow run never stays RUNNING: a failing worker ends it FAILED (a restarted group continues it)
-        engine.train()
-        losses: list[float] = []
-        t_last, seen_since = time.perf_counter(), 0
-        while step < total_steps:
-            epoch = step // steps_per_epoch
-            batches = rank_batches(len(examples), epoch, t.seed, rank, world, mb)[: steps_per_epoch * ga]
-            for bi in range((step - epoch * steps_per_epoch) * ga, len(batches)):
-                torch.manual_seed(t.seed * 1_000_003 + rank * 10_007 + epoch * 100_003 + bi)  # dropout: f(step, rank)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                    loss = engine(examples.batch(batches[bi]))
-                engine.backward(loss)
-                engine.step()
-                losses.append(float(loss.detach()))
-                seen_since += len(batches[bi])
-                if (bi + 1) % ga:
-                    continue
-                step += 1
-                if fault is not None and rank == fault.rank and step == fault.at_step and not marker.exists():
-                    storage.mkdir(parents=True, exist_ok=True)
-                    marker.write_text(f"worker rank {rank} killed at step {step}\n")
-                    logger.error("fault injection: killing worker rank %d at step %d", rank, step)
-                    os._exit(1)
-                metrics: dict = {"step": step, "total_steps": total_steps}  # total_steps: lets callbacks spot the end
-                if step % t.log_every == 0 or step == total_steps:
-                    mean_loss = torch.tensor([sum(losses) / max(len(losses), 1)], dtype=torch.float64)
-                    dist.all_reduce(mean_loss)
-                    elapsed = time.perf_counter() - t_last
-                    metrics.update(loss=mean_loss.item() / world, lr=scheduler.get_last_lr()[0],
-                                   examples_per_second=seen_since * world / max(elapsed, 1e-9))
-                    losses, t_last, seen_since = [], time.perf_counter(), 0
-                    if run is not None:
-                        mlflow.log_metrics({k: v for k, v in metrics.items() if k not in ("step", "total_steps")},
-                                           step=step)
-                validating = validator is not None and (step % cfg.validation.every_steps == 0 or step == total_steps)
-                if validating:
-                    engine.eval()
-                    val = validate()
-                    engine.train()
-                    metrics.update({f"val_{k}": v for k, v in val.items()})
-                    if val[target] > best:
-                        best, best_metrics = val[target], val
-                        if rank == 0:
-                            best_state = {k: v.detach().cpu().clone() for k, v in module.student.state_dict().items()}
-                    if run is not None:
-                        mlflow.log_metrics({f"val_{k}": v for k, v in val.items()}, step=step)
-                if validating or step % t.checkpoint_every == 0 or step == total_steps:
-                    checkpoint(metrics)
-                if step >= total_steps:
-                    break
-        final = {"step": step, "best_" + target: best if validator else float("nan"),
-                 **{f"best_val_{k}": v for k, v in best_metrics.items()}}
-        if rank == 0:
-            # the best student (the last one without validation), saved once, as a plain kd folder at a fixed path (the
-            # example configs score_teachers_scifact.yaml and tinybert_scifact.yaml name <storage>/<run>/final_model as
-            # a teacher); the pyfunc model logged from it carries the same folder into MLflow and the registry
-            storage.mkdir(parents=True, exist_ok=True)
-            folder = save_best_student(storage / "final_model")
-            final["final_model"] = str(folder)
-            if run is not None:
-                final.update(_register(cfg, folder, best_metrics))
-                mlflow.log_metric("best_" + target, final["best_" + target])
-                final["mlflow_run_id"] = run.info.run_id
-                mlflow.end_run()
-            (storage / "final.json").write_text(json.dumps(final, indent=2, default=str) + "\n")
-        ray.train.report({k: v for k, v in final.items() if isinstance(v, (int, float, str))})
-    except BaseException as e:
+    engine.train()
+    losses: list[float] = []
+    t_last, seen_since = time.perf_counter(), 0
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        batches = rank_batches(len(examples), epoch, t.seed, rank, world, mb)[: steps_per_epoch * ga]
+        for bi in range((step - epoch * steps_per_epoch) * ga, len(batches)):
+            torch.manual_seed(t.seed * 1_000_003 + rank * 10_007 + epoch * 100_003 + bi)  # dropout: f(step, rank)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                loss = engine(examples.batch(batches[bi]))
+            engine.backward(loss)
+            engine.step()
+            losses.append(float(loss.detach()))
+            seen_since += len(batches[bi])
+            if (bi + 1) % ga:
+                continue
+            step += 1
+            if fault is not None and rank == fault.rank and step == fault.at_step and not marker.exists():
+                storage.mkdir(parents=True, exist_ok=True)
+                marker.write_text(f"worker rank {rank} killed at step {step}\n")
+                logger.error("fault injection: killing worker rank %d at step %d", rank, step)
+                os._exit(1)
+            metrics: dict = {"step": step, "total_steps": total_steps}  # total_steps: lets callbacks spot the end
+            if step % t.log_every == 0 or step == total_steps:
+                mean_loss = torch.tensor([sum(losses) / max(len(losses), 1)], dtype=torch.float64)
+                dist.all_reduce(mean_loss)
+                elapsed = time.perf_counter() - t_last
+                metrics.update(loss=mean_loss.item() / world, lr=scheduler.get_last_lr()[0],
+                               examples_per_second=seen_since * world / max(elapsed, 1e-9))
+                losses, t_last, seen_since = [], time.perf_counter(), 0
+                if run is not None:
+                    mlflow.log_metrics({k: v for k, v in metrics.items() if k not in ("step", "total_steps")},
+                                       step=step)
+            validating = validator is not None and (step % cfg.validation.every_steps == 0 or step == total_steps)
+            if validating:
+                engine.eval()
+                val = validate()
+                engine.train()
+                metrics.update({f"val_{k}": v for k, v in val.items()})
+                if val[target] > best:
+                    best, best_metrics = val[target], val
+                    if rank == 0:
+                        best_state = {k: v.detach().cpu().clone() for k, v in module.student.state_dict().items()}
+                if run is not None:
+                    mlflow.log_metrics({f"val_{k}": v for k, v in val.items()}, step=step)
+            if validating or step % t.checkpoint_every == 0 or step == total_steps:
+                checkpoint(metrics)
+            if step >= total_steps:
+                break
+    final = {"step": step, "best_" + target: best if validator else float("nan"),
+             **{f"best_val_{k}": v for k, v in best_metrics.items()}}
+    if rank == 0:
+        # the best student (the last one without validation), saved once, as a plain kd folder at a fixed path (the
+        # example configs score_teachers_scifact.yaml and tinybert_scifact.yaml name <storage>/<run>/final_model as
+        # a teacher); the pyfunc model logged from it carries the same folder into MLflow and the registry
+        storage.mkdir(parents=True, exist_ok=True)
+        folder = save_best_student(storage / "final_model")
+        final["final_model"] = str(folder)
         if run is not None:
-            mlflow.end_run(status=run_status(e))
-        raise
+            final.update(_register(cfg, folder, best_metrics))
+            mlflow.log_metric("best_" + target, final["best_" + target])
+            final["mlflow_run_id"] = run.info.run_id
+            mlflow.end_run()
+        (storage / "final.json").write_text(json.dumps(final, indent=2, default=str) + "\n")
+    ray.train.report({k: v for k, v in final.items() if isinstance(v, (int, float, str))})
 
 
 def distill(cfg: DistillConfig, *, callbacks=(), mlflow_tags: dict[str, str] | None = None) -> dict:
