@@ -11,9 +11,11 @@
       - {task: document, name: scifact-doc, beir: ..., window: 100, stride: 50, aggregations: [maxp, firstp]}
       - {task: efficiency, name: efficiency, queries: ..., passages: ..., batch_sizes: [1, 4, 16, 64]}
 
-A model `path` is a saved kd folder, `models:/name@alias` (or `runs:/…`, downloaded from MLflow), or an HF /
-sentence-transformers name or folder, which is loaded as a BERT_DOT bi-encoder (pooling and normalisation read from
-the sentence-transformers folder). Only this module and kd.config are imported by the validator: no torch.
+A model `path` is a saved kd folder, a teacher-ensemble folder (kd_ensemble.json, written by jobs.score_teachers:
+evaluated with its combined score; rerank, document and efficiency tasks only), `models:/name@alias` (or `runs:/…`,
+downloaded from MLflow), or an HF / sentence-transformers name or folder, which is loaded as a BERT_DOT bi-encoder
+(pooling and normalisation read from the sentence-transformers folder). Only this module, kd.config and
+kd.eval_models are imported by the validator: no torch.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from kd.config import MLflowConfig, SafeName, Strict, check_metric
+from kd.eval_models import ENSEMBLE, dense_problem, saved_architecture
 
 AGGREGATIONS = ("maxp", "firstp", "sump", "avgp")  # + "top<k>": mean of a document's k best passages
 MODEL_URI_PREFIXES = ("models:/", "runs:/")
@@ -55,8 +58,8 @@ class ModelSpec(Strict):
     """One model under evaluation."""
 
     name: SafeName = Field(description="label in tables, MLflow tags and plots; the folder output_dir/<name>/")
-    path: str = Field(min_length=1,
-                      description="kd folder | models:/name@alias | HF or sentence-transformers name/path")
+    path: str = Field(min_length=1, description="kd folder | teacher-ensemble folder | models:/name@alias | HF or "
+                                                "sentence-transformers name/path")
     doc_path: str | None = Field(None, description="dense task: the document encoder (default: `path`); seed 003 keeps "
                                                    "the teacher's index and swaps only the query encoder")
     options: dict[str, Any] = Field({}, description="BertDot options when `path` is an HF/ST encoder "
@@ -77,6 +80,9 @@ class ModelSpec(Strict):
     def _layers(self):
         from kd.catalog import LAYER_SCHEMES
 
+        if self.layers is not None and saved_architecture(self.path) == ENSEMBLE:
+            raise ValueError(f"field layers: {self.path} is a teacher ensemble; a layer subset applies to one "
+                             "encoder, not to an ensemble")
         if isinstance(self.layers, str):
             if self.layers not in LAYER_SCHEMES:
                 raise ValueError(f"field layers: unknown scheme {self.layers!r}; known: {list(LAYER_SCHEMES)}")
@@ -303,6 +309,13 @@ class EvalConfig(Strict):
         needs_model = [i for i, t in enumerate(self.tasks) if t.task != "run"]
         if needs_model and not self.models:
             errors.append(f"field models: task {self.tasks[needs_model[0]].name!r} needs at least one model")
+        for t in (t for t in self.tasks if t.task == "dense"):  # before any data or model work
+            for i, m in enumerate(self.models):
+                for field, path in (("path", m.path), ("doc_path", m.doc_path)):
+                    problem = dense_problem(path) if path else None
+                    if problem:
+                        errors.append(f"field models.{i}.{field}: model {m.name!r} cannot run the dense task "
+                                      f"{t.name!r}: {problem}")
         if not self.tasks and not (self.plot and self.plot.enabled):
             errors.append("field tasks: nothing to do (no task and no plot)")
         if errors:

@@ -34,6 +34,7 @@ import torch
 
 from kd.data import FormatError, ranked
 from kd.data.formats import UNKNOWN_DOCUMENT_ID, UNKNOWN_QUERY_ID, Qrels, Run, iter_trec_run
+from kd.eval_models import ENSEMBLE, ensemble_info, ensemble_inputs, model_info, saved_architecture
 from kd.metrics import EvalResult, evaluate
 from kd.models import BertDot, Ranker
 from kd.precision import resolve_precision
@@ -85,7 +86,8 @@ def load_ranker(
     name or folder, loaded as a BERT_DOT bi-encoder (pooling and normalisation read from the folder; queries and
     passages truncated at its `max_seq_length`, as sentence-transformers does, unless `options` say otherwise).
     `layers` keeps a layer subset
-    (kd.init.layer_subset_student: a scheme with `num_layers`, or an index list).
+    (kd.init.layer_subset_student: a scheme with `num_layers`, or an index list). A teacher-ensemble folder
+    (kd_ensemble.json) is `kd.teachers.load_ensemble(path)`: it scores pairs with its combined score.
     """
     path = str(path)
     if is_model_uri(path):
@@ -94,7 +96,16 @@ def load_ranker(
                              "(kd.runtime.pyfunc.download_ranker_folder)")
         path = str(resolve_uri(path))
     folder = Path(path).expanduser()
-    if (folder / "kd_config.json").is_file():
+    if saved_architecture(folder) == ENSEMBLE:
+        if layers is not None:
+            raise ValueError(f"{path} is a teacher ensemble: `layers` keeps a layer subset of one encoder, not of "
+                             "an ensemble")
+        if options:
+            logger.warning("%s is a teacher ensemble: options %s (for HF encoders) are ignored", path, sorted(options))
+        from kd.teachers import load_ensemble
+
+        model = load_ensemble(folder)
+    elif (folder / "kd_config.json").is_file():
         if options:
             logger.warning("%s is a saved kd model: options %s (for HF encoders) are ignored", path, sorted(options))
         model = Ranker.from_pretrained(folder)
@@ -111,14 +122,6 @@ def load_ranker(
         model = layer_subset_student(model, layers if isinstance(layers, str) else list(layers), num_layers)
     model.eval()
     return model
-
-
-def saved_architecture(path: str | Path) -> str | None:
-    """The architecture named by a local kd folder's kd_config.json, without loading it (None otherwise)."""
-    cfg = Path(str(path)).expanduser() / "kd_config.json"
-    if not cfg.is_file():
-        return None
-    return json.loads(cfg.read_text()).get("architecture")
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -470,7 +473,8 @@ def measure_efficiency(model: Ranker, queries: Sequence[str], pairs: Sequence[tu
     """Flat metrics, e.g. eff_query_encode_bs1_qps / _p50_ms / _p95_ms and eff_rerank_bs16_pairs_per_s / _qps
     (a re-ranked query = `rerank_depth` pairs) / _p50_ms / _p95_ms. Latency = one call of one batch.
 
-    Query encoding is measured for dual encoders only (a cross-encoder has no query-side cost of its own).
+    Query encoding is measured for dual encoders only (a cross-encoder or a teacher ensemble has no query-side cost
+    of its own); re-ranking an ensemble costs every member's scoring (BM25 and the encoders) plus the combination.
     Batches are consecutive slices of the inputs (cycled), the same for every model.
     """
     device = model.device
@@ -780,14 +784,6 @@ class TaskRunner:
                     check_run_ids(task.run, top_candidates(run, qids, task.top_k), ds.queries, ds.corpus,
                                   queries_source=str(Path(task.beir) / "queries.jsonl"),
                                   passages_source=str(Path(task.beir) / "corpus.jsonl"))
-                if task.task == "dense":
-                    for spec in self.cfg.models:
-                        for path in filter(None, (spec.path, spec.doc_path)):
-                            arch = saved_architecture(path)
-                            if arch is not None and arch != "bert_dot":
-                                raise EvaluationError(
-                                    f"model {spec.name!r}: {path} is a {arch!r}; the dense task needs a single-vector "
-                                    "bi-encoder (bert_dot); evaluate other architectures with the rerank task")
             elif task.task == "efficiency":
                 queries = self._queries(task.queries)
                 passages = self._passages(task.passages, task.use_title)
@@ -909,7 +905,7 @@ class TaskRunner:
                                     run_source=task.run, qrels_source=task.qrels)
         info = {"n_queries": res.n_queries, "pairs": sum(len(v) for v in cands.values()), "top_k": task.top_k,
                 "relevance_level": self.cfg.relevance_for(task), "first_stage": task.run,
-                "architecture": model.architecture, "seconds": time.perf_counter() - t0,
+                "architecture": model.architecture, **ensemble_info(model), "seconds": time.perf_counter() - t0,
                 **resolve_precision(self.cfg.compute.precision, self.device).as_info()}
         return self._write(TaskResult(spec.name, "rerank", task.name, metrics, info), new)
 
@@ -943,7 +939,7 @@ class TaskRunner:
                                         run_source=f"{how} run of {spec.name}", qrels_source=qrels_src)
             info = {"n_queries": res.n_queries, "aggregation": how, "window_words": task.window,
                     "stride_words": task.stride, "top_k": task.top_k, "first_stage": source,
-                    "relevance_level": self.cfg.relevance_for(task), **stats,
+                    "relevance_level": self.cfg.relevance_for(task), **stats, **ensemble_info(model),
                     "seconds": time.perf_counter() - t0,
                     **resolve_precision(self.cfg.compute.precision, self.device).as_info()}
             results.append(self._write(TaskResult(spec.name, "document", f"{task.name}-{how}", metrics, info), run))
@@ -980,8 +976,7 @@ class TaskRunner:
             if moved:
                 model.to(self.device)
         info = {**machine_info(device), "batch_sizes": list(task.batch_sizes), "warmup": task.warmup,
-                "repeats": task.repeats, "rerank_depth": task.rerank_depth, "architecture": model.architecture,
-                "num_layers": _num_layers(model), "parameters": model.num_parameters(),
+                "repeats": task.repeats, "rerank_depth": task.rerank_depth, **model_info(model),
                 "other_processes_cpu_share": load.share,
                 "contended": bool(load.share is not None and load.share > 0.1),
                 **resolve_precision(self.cfg.compute.precision, device).as_info()}
@@ -989,15 +984,6 @@ class TaskRunner:
             logger.warning("efficiency of %s measured while other processes used %.0f%% of the CPU: the timings are "
                            "not reliable", spec.name, 100 * load.share)
         return self._write(TaskResult(spec.name, "efficiency", task.name, metrics, info), None)
-
-
-def _num_layers(model: Ranker) -> int | None:
-    from kd.models import backbone as bb
-
-    try:
-        return bb.num_layers(model.encoder) if model.encoder is not None else None
-    except TypeError:
-        return None
 
 
 def _tag(name: str) -> str:
@@ -1026,7 +1012,7 @@ def result_key(cfg, task, spec=None) -> str | None:
     for path in filter(None, (spec.path, spec.doc_path) if spec is not None else ()):
         if is_model_uri(path):
             return None
-        paths.append(path)
+        paths += [path, *ensemble_inputs(path)]  # an ensemble's scores also depend on its members and corpora
     what = {"task": task.model_dump(mode="json"), "spec": spec.model_dump(mode="json") if spec else None,
             "metrics": list(cfg.metrics_for(task)), "relevance": cfg.relevance_for(task),
             "compute": cfg.compute.model_dump(mode="json"), "mlflow": cfg.mlflow.model_dump(mode="json"),

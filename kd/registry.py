@@ -273,8 +273,9 @@ def load(uri: str | Path, *, tracking_uri: str | None = None, device: str | None
     """A model argument → a ready `LoadedRanker` (eval mode, on `device`).
 
     `uri`: `models:/<name>@<alias>`, `models:/<name>/<version>` (or `/latest`), `models:/m-<id>`, `runs:/<id>/<path>`,
-    a saved kd folder (any architecture), or an HF / sentence-transformers name or folder (a BERT_DOT bi-encoder;
-    `options` are its BertDot options).
+    a saved kd folder (any architecture), a teacher-ensemble folder (kd_ensemble.json, from jobs.score_teachers:
+    `rerank` / `score` give its combined score, as in evaluation; it is not a dual encoder), or an HF /
+    sentence-transformers name or folder (a BERT_DOT bi-encoder; `options` are its BertDot options).
     """
     from kd.evaluation import load_ranker
 

@@ -247,11 +247,18 @@ def test_job_cli_reports_bad_input_with_exit_2(tmp_path, shared_data, capsys):
 
 
 def test_dense_task_rejects_non_single_vector_models(tmp_path, mini_beir, minilm_path):
+    """Refused when the config loads (kd_config.json read, nothing loaded), naming the model and the field."""
     folder = ColBERT.from_backbone(minilm_path, dim=32).save_pretrained(tmp_path / "colbert")
-    cfg = _cfg(tmp_path, models=[{"name": "c", "path": str(folder)}],
-               tasks=[{"task": "dense", "name": "s", "beir": str(mini_beir)}])
-    with pytest.raises(EvaluationError, match="'colbert'.*rerank task"):
-        TaskRunner(cfg).preflight()
+    with pytest.raises(ValueError, match="field models.0.path: model 'c' cannot run the dense task 's'.*'colbert'.*"
+                                         "rerank task"):
+        _cfg(tmp_path, models=[{"name": "c", "path": str(folder)}],
+             tasks=[{"task": "dense", "name": "s", "beir": str(mini_beir)}])
+    with pytest.raises(ValueError, match="field models.0.doc_path: model 'q'"):
+        _cfg(tmp_path, models=[{"name": "q", "path": minilm_path, "doc_path": str(folder)}],
+             tasks=[{"task": "dense", "name": "s", "beir": str(mini_beir)}])
+    cfg = _cfg(tmp_path, models=[{"name": "c", "path": str(folder)}],  # the same model re-ranks
+               tasks=[_dl19_rerank_task()])
+    assert cfg.models[0].path == str(folder)
 
 
 # ------------------------------------------------------------------------------------------------ real model

@@ -9,7 +9,8 @@ document id and are put into corpus order, so 1 or n actors build the same index
 
 MLflow: one run per (model, dataset) in `mlflow.experiment`, tagged kd.job=evaluate, kd.task, kd.model,
 kd.dataset; metrics use MLflow-safe names (ndcg@10 → ndcg_at_10), the model's efficiency metrics (eff_*) are
-logged beside the effectiveness ones, and the TREC run + result JSON are artifacts. `plot_from_mlflow` reads those
+logged beside the effectiveness ones, the result's info as params (info.architecture; for a teacher ensemble also
+info.members, info.combination, info.member_weights), and the TREC run + result JSON are artifacts. `plot_from_mlflow` reads those
 runs back and draws queries/s against nDCG@10, one point per model.
 """
 from __future__ import annotations
@@ -167,7 +168,7 @@ def _log_result(cfg: EvalConfig, result: TaskResult, spec: dict | None, eff: dic
         params = {f"task.{k}": v for k, v in to_flat_dict(task).items()}
         params.update({f"model.{k}": v for k, v in (spec or {}).items()})
         params.update({f"compute.{k}": v for k, v in to_flat_dict(cfg.compute).items()})
-        params.update({f"info.{k}": v for k, v in result.info.items() if not isinstance(v, (dict, list))})
+        params.update({f"info.{k}": _param(v) for k, v in result.info.items() if _param(v) is not None})
         log_params(params)
         metrics = {metric_key(k): float(v) for k, v in result.metrics.items()}
         if result.task != "efficiency":
@@ -178,6 +179,14 @@ def _log_result(cfg: EvalConfig, result: TaskResult, spec: dict | None, eff: dic
         for f in result.files.values():
             if Path(f).is_file():
                 mlflow.log_artifact(f)
+
+
+def _param(value: Any) -> Any:
+    """An info value as an MLflow param: scalars as they are, a list of scalars comma-joined (a teacher ensemble's
+    members: "bm25,minilm"), None (not logged) for anything nested."""
+    if isinstance(value, list):
+        return ",".join(map(str, value)) if all(isinstance(v, (str, int, float, bool)) for v in value) else None
+    return None if isinstance(value, dict) else value
 
 
 def evaluate(cfg: EvalConfig, *, on_result: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
