@@ -10,8 +10,8 @@ document id and are put into corpus order, so 1 or n actors build the same index
 MLflow: one run per (model, dataset) in `mlflow.experiment`, tagged kd.job=evaluate, kd.task, kd.model,
 kd.dataset; metrics use MLflow-safe names (ndcg@10 → ndcg_at_10), the model's efficiency metrics (eff_*) are
 logged beside the effectiveness ones, the result's info as params (info.architecture; for a teacher ensemble also
-info.members, info.combination, info.member_weights), and the TREC run + result JSON are artifacts. `plot_from_mlflow` reads those
-runs back and draws queries/s against nDCG@10, one point per model.
+info.members, info.combination, info.member_weights), and the TREC run + result JSON are artifacts.
+`plot_from_mlflow` reads those runs back and draws queries/s against nDCG@10, one point per model.
 """
 from __future__ import annotations
 
