@@ -281,19 +281,35 @@ class MLflowConfig(Strict):
 
 
 class TeacherSpec(Strict):
-    """One teacher: a cross-encoder (kd folder or HF sequence-classification model) or a bi-encoder."""
+    """One teacher member: a cross-encoder (kd folder or HF sequence-classification model), a bi-encoder (kd
+    bert_dot folder or HF / sentence-transformers encoder), or BM25 over a corpus (kd/teachers/bm25.py). Checked by
+    kd.teachers.check_member: a member that cannot score fails here, naming it."""
 
-    name: str = Field(min_length=1)
-    path: str = Field(min_length=1, description="hub name or local folder")
-    kind: Literal["cross", "bi"] = "cross"
-    max_length: int = Field(512, ge=8)
+    name: SafeName = Field(description="a column in members.parquet, a tag in MLflow")
+    kind: Literal["cross", "bi", "bm25"] = "cross"
+    path: str | None = Field(None, min_length=1, description="cross/bi: hub name or local folder; bm25: none")
+    max_length: int = Field(512, ge=8, description="cross only")
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False, description="its weight in the combination")
+    corpus: str | None = Field(None, description="bm25 only: passages file (corpus.jsonl[.gz] or id<TAB>text) "
+                                                 "whose statistics (N, df, avgdl) define its scores")
+    use_title: bool = Field(True, description="bm25 only: index title + text")
+    k1: float = Field(1.5, ge=0, allow_inf_nan=False, description="bm25 only")
+    b: float = Field(0.75, ge=0, le=1, description="bm25 only")
 
     @field_validator("path")
     @classmethod
-    def _local_path_exists(cls, v: str) -> str:
-        if v.startswith((".", "/", "~")) and not Path(v).expanduser().exists():
+    def _local_path_exists(cls, v: str | None) -> str | None:
+        if v is not None and v.startswith((".", "/", "~")) and not Path(v).expanduser().exists():
             raise ValueError(f"teacher folder not found: {v}")
         return v
+
+    @model_validator(mode="after")
+    def _can_score(self):
+        from kd.teachers.checks import check_member
+
+        # model_files=False: a pipeline validates its scoring stage against folders earlier stages will fill
+        check_member(self.model_dump(), model_files=False)
+        return self
 
 
 class TextSource(Strict):
@@ -312,11 +328,14 @@ class TextSource(Strict):
 
 
 class ScoreTeachersConfig(Strict):
-    """jobs/score_teachers.py: a teacher ensemble scores id triples on Ray Data."""
+    """jobs/score_teachers.py: a teacher ensemble scores id triples on Ray Data; `combine` makes one teacher score
+    of its members' (kd/teachers/combine.py: mean = the paper's T2, zscore = each member standardised over the
+    whole scored set; weights are per member)."""
 
     input: str = Field(description="id triples file: qid<TAB>pos_pid<TAB>neg_pid")
     text: TextSource
     teachers: list[TeacherSpec] = Field(min_length=1)
+    combine: Literal["mean", "zscore"] = "zscore"
     output_dir: str
     batch_size: int = Field(32, ge=1, description="pairs per forward pass")
     window: int = Field(1024, ge=1, description="rows per Ray Data batch; sorted by length inside")

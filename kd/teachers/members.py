@@ -1,0 +1,78 @@
+"""Teacher members: a cross-encoder, a bi-encoder or BM25, loaded frozen from a member spec.
+
+Members are frozen rankers with the students' `score` / `predict` surface, so anything that scores with a student
+scores with a teacher too. A member spec is `kd.config.TeacherSpec.model_dump()` (kd/teachers/checks.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from kd.models import BertDot, HFCrossEncoder, Ranker
+from kd.models.base import CONFIG_NAME
+from kd.teachers.checks import check_member, member_label, sha256_file
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _is_kd_folder(name_or_path: str | Path) -> bool:
+    return (Path(str(name_or_path)).expanduser() / CONFIG_NAME).is_file()
+
+
+def load_cross_encoder_teacher(name_or_path: str | Path, max_length: int = 512) -> Ranker:
+    """A saved kd cross-encoder folder (e.g. our trained BERT_CAT), or any HF sequence-classification model."""
+    if _is_kd_folder(name_or_path):
+        model = Ranker.from_pretrained(name_or_path)
+        if model.dual_encoder:
+            raise ValueError(f"{name_or_path} holds a {model.architecture!r} dual encoder, not a cross-encoder")
+    else:
+        model = HFCrossEncoder.from_backbone(name_or_path, max_length=max_length)
+    return freeze(model)
+
+
+def load_bi_encoder_teacher(name_or_path: str | Path | None = None, **options) -> BertDot:
+    """A saved kd BERT_DOT folder, or any HF/sentence-transformers encoder (pooling read from its folder)."""
+    if name_or_path is not None and _is_kd_folder(name_or_path):
+        model = Ranker.from_pretrained(name_or_path)
+        if not isinstance(model, BertDot):
+            raise ValueError(f"{name_or_path} holds a {model.architecture!r} model, not a bi-encoder (bert_dot)")
+    else:
+        model = BertDot.from_backbone(name_or_path, **options)
+    return freeze(model)
+
+
+def load_teacher(path: str | Path, kind: str = "cross", max_length: int = 512) -> Ranker:
+    """One model teacher by kind: "cross" (cross-encoder) or "bi" (bi-encoder); `load_member` takes bm25 too."""
+    if kind == "cross":
+        return load_cross_encoder_teacher(path, max_length=max_length)
+    if kind == "bi":
+        return load_bi_encoder_teacher(path)
+    raise ValueError(f"teacher kind must be 'cross' or 'bi', got {kind!r}")
+
+
+def load_member(spec: dict) -> nn.Module:
+    """The frozen member a spec names (any kind), after `check_member`'s checks.
+
+    A bm25 spec that carries `corpus_sha256` (an ensemble folder's) is refused before indexing when its corpus
+    file changed: the scores were defined by the old statistics.
+    """
+    check_member(spec)
+    kind = spec.get("kind", "cross")
+    if kind == "bm25":
+        from kd.teachers.bm25 import BM25Member
+
+        expected = spec.get("corpus_sha256")
+        if expected is not None:
+            actual = sha256_file(Path(spec["corpus"]).expanduser())
+            if actual != expected:
+                raise ValueError(f"{member_label(spec)}: corpus {spec['corpus']} changed since the ensemble was "
+                                 f"scored (sha256 {actual[:12]}… ≠ {expected[:12]}…); its BM25 statistics differ")
+        return freeze(BM25Member.from_corpus(spec["corpus"], use_title=spec.get("use_title", True),
+                                             k1=spec.get("k1", 1.5), b=spec.get("b", 0.75)))
+    return load_teacher(spec["path"], kind, spec.get("max_length", 512))
