@@ -1,20 +1,20 @@
 """jobs/pipeline.py runtime: mine → teachers → score → students → evaluate → register, resumable, tracked in MLflow.
 
-Stages run in order; each writes a completion marker `<output_dir>/stages/<stage>.json` (its summary) last, after its
-output, and a stage whose marker and output both exist is skipped — printed as `skipped (output exists: …)` — so an
-interrupted pipeline picks up where it stopped (the distill and scoring jobs also resume inside a stage). To redo a
-stage, delete its marker (and output).
+Stages run in order (a no-KD twin's right after its KD student's); each writes a completion marker
+`<output_dir>/stages/<stage>.json` (its summary) last, after its output, and a stage whose marker and outputs all
+exist is skipped — printed as `skipped (output exists: …)` — so an interrupted pipeline picks up where it stopped
+(the distill and scoring jobs also resume inside a stage). To redo a stage, delete its marker (and output).
 
 MLflow: one parent run per pipeline (tag kd.pipeline=<name>; a rerun reuses it) and one run per stage nested under
 it (`mlflow.parentRunId`): the distill jobs' runs are created nested, the scoring job's run is adopted when it ends,
 mine / evaluate / register runs are created here (the evaluation's per-(model, dataset) runs nest under the
-evaluate run). Ray starts (or is joined, under `ray job submit`) only when a stage needs it.
+evaluate run). Ray starts (or is joined, under `ray job submit`) only when a stage needs it. At the end the
+pipeline prints its table and writes `<output_dir>/summary.json` (kd/pipeline_summary.py), also logged to the
+parent run.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
 import shutil
 import time
@@ -22,17 +22,10 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from kd.config import to_flat_dict
-from kd.pipeline_config import PipelineConfig, materialized
-
-logger = logging.getLogger(__name__)
-
-PARENT_TAG = "mlflow.parentRunId"
-
-
-def _say(msg: str) -> None:
-    print(msg, flush=True)
-
+from kd.config import fingerprint, to_flat_dict
+from kd.pipeline_config import PipelineConfig, materialized, student_label
+from kd.pipeline_summary import build_summary, format_table, rerank_depth
+from kd.runtime.pipeline_tracking import PARENT_TAG, Tracker, _say
 
 # ------------------------------------------------------------------------------------------------ set-up
 def absolute(cfg: PipelineConfig) -> PipelineConfig:
@@ -46,8 +39,9 @@ def absolute(cfg: PipelineConfig) -> PipelineConfig:
         if d.get(key):
             d[key] = str(Path(d[key]).expanduser().resolve())
     for t in d["teachers"]["given"]:
-        if Path(t["path"]).expanduser().exists():
-            t["path"] = str(Path(t["path"]).expanduser().resolve())
+        for key in ("path", "corpus"):
+            if t.get(key) and Path(t[key]).expanduser().exists():
+                t[key] = str(Path(t[key]).expanduser().resolve())
     d["mlflow"]["tracking_uri"] = absolute_tracking_uri(cfg.mlflow.tracking_uri)
     return PipelineConfig.model_validate(d)
 
@@ -57,10 +51,6 @@ def absolute_tracking_uri(uri: str | None) -> str | None:
     if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
     return uri
-
-
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _jsonable(obj: Any) -> Any:
@@ -86,125 +76,6 @@ def _copy_folder(src: Path, dst: Path) -> Path:
     return dst
 
 
-# ---------------------------------------------------------------------------------------------- tracking
-class Tracker:
-    """The pipeline's parent MLflow run and its stage runs (MlflowClient only: no active-run state in this
-    process, so the stage runtimes are free to start their own runs).
-
-    The runs it created and has not ended yet are kept (`open`): when a stage raises, Ctrl+C and SIGTERM included,
-    `end_open` ends them and the parent KILLED / FAILED (`run_status`) instead of leaving them RUNNING."""
-
-    def __init__(self, cfg: PipelineConfig):
-        self.cfg = cfg
-        self.enabled = cfg.mlflow.enabled
-        self.client = None
-        self.experiment_id: str | None = None
-        self.parent_id: str | None = None
-        self.open: list[str] = []
-
-    def start(self, config_dump: dict) -> None:
-        if not self.enabled:
-            return
-        import mlflow
-        from mlflow import MlflowClient
-
-        from kd.runtime.tracking import filter_literal, git_commit, use_experiment
-
-        use_experiment(self.cfg.mlflow)
-        self.client = MlflowClient()
-        self.experiment_id = mlflow.get_experiment_by_name(self.cfg.mlflow.experiment).experiment_id
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`kd.pipeline` = {filter_literal(self.cfg.name)} and tags.`kd.job` = 'pipeline'",
-            order_by=["attributes.start_time DESC"], max_results=1)
-        if found:
-            self.parent_id = found[0].info.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
-            _say(f"MLflow: resuming pipeline run {self.parent_id}")
-            return
-        run = self.client.create_run(self.experiment_id, run_name=self.cfg.name, tags={
-            "kd.pipeline": self.cfg.name, "kd.job": "pipeline", "kd.git_commit": git_commit() or "unknown"})
-        self.parent_id = run.info.run_id
-        self.params(self.parent_id, to_flat_dict_dump(config_dump))
-        _say(f"MLflow: pipeline run {self.parent_id} in experiment {self.cfg.mlflow.experiment!r}")
-
-    def child_tags(self, stage: str) -> dict[str, str]:
-        tags = {"kd.pipeline": self.cfg.name, "kd.stage": stage}
-        if self.parent_id:
-            tags[PARENT_TAG] = self.parent_id
-        return tags
-
-    def create(self, stage: str, params: dict | None = None, tags: dict | None = None) -> str | None:
-        if not self.enabled:
-            return None
-        from kd.runtime.tracking import git_commit
-
-        run = self.client.create_run(self.experiment_id, run_name=f"{self.cfg.name}/{stage}", tags={
-            **self.child_tags(stage), "kd.job": f"pipeline.{stage.split('-')[0]}",
-            "kd.git_commit": git_commit() or "unknown", **(tags or {})})
-        self.open.append(run.info.run_id)
-        if params:
-            self.params(run.info.run_id, params)
-        return run.info.run_id
-
-    def params(self, run_id: str, params: dict) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
-
-    def metrics(self, run_id: str | None, metrics: dict[str, float]) -> None:
-        if run_id is None:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, (int, float))]
-        for i in range(0, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[i:i + 500])
-
-    def adopt(self, run_id: str | None, stage: str) -> None:
-        """Nest a run that a stage runtime created on its own under the pipeline run."""
-        if run_id is None or not self.enabled:
-            return
-        for k, v in self.child_tags(stage).items():
-            self.client.set_tag(run_id, k, v)
-
-    def end(self, run_id: str | None, status: str = "FINISHED") -> None:
-        if run_id is not None:
-            self.client.set_terminated(run_id, status=status)
-            if run_id in self.open:
-                self.open.remove(run_id)
-
-    def end_open(self, exc: BaseException) -> None:
-        """A stage raised `exc`: end the stage runs still open, then the parent, with `run_status(exc)`."""
-        from kd.runtime.interrupts import run_status
-
-        status = run_status(exc)
-        for run_id in [*self.open, self.parent_id]:
-            if run_id is None:
-                continue
-            try:
-                self.end(run_id, status)
-            except Exception as e:  # noqa: BLE001 - the stage's own error is the one to report
-                logger.warning("could not end MLflow run %s as %s: %s", run_id, status, e)
-
-
-def to_flat_dict_dump(dump: dict, prefix: str = "") -> dict:
-    out: dict = {}
-
-    def walk(key: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{key}.{k}" if key else str(k), v)
-        else:
-            out[key] = value
-
-    walk(prefix.rstrip("."), dump)
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ stages
 @dataclass
 class Stage:
@@ -213,6 +84,7 @@ class Stage:
     fn: Callable[[], dict]
     needs_ray: bool = False
     fingerprint: str = ""
+    also: tuple[Path, ...] = ()  # further outputs it is not done without
 
 
 class Pipeline:
@@ -232,32 +104,36 @@ class Pipeline:
         cfg = self.cfg
         stages: list[Stage] = []
         if cfg.mine is not None:
-            stages.append(Stage("mine", Path(cfg.triples_path()), self.mine, fingerprint=_fingerprint(
+            stages.append(Stage("mine", Path(cfg.triples_path()), self.mine, fingerprint=fingerprint(
                 cfg.mine.model_dump())))
         for t in cfg.teachers.given:
             if materialized(t):
                 stages.append(Stage(f"teacher-{t.name}", cfg.teacher_dir(t.name), lambda t=t: self.materialize(t),
-                                    fingerprint=_fingerprint(t.model_dump())))
+                                    fingerprint=fingerprint(t.model_dump())))
         for i, t in enumerate(cfg.teachers.train):
             stages.append(Stage(f"teacher-{t.name}", cfg.teacher_dir(t.name), lambda i=i: self.train_teacher(i),
-                                needs_ray=True, fingerprint=_fingerprint(t.model_dump())))
+                                needs_ray=True, fingerprint=fingerprint(t.model_dump())))
         if cfg.teacher_scores is None:
+            from kd.teachers import ENSEMBLE_FILE
+
             stages.append(Stage("score", cfg.scores_dir() / "teacher_scores.tsv", self.score, needs_ray=True,
-                                fingerprint=_fingerprint(cfg.score.model_dump())))
-        for i, s in enumerate(cfg.students):
-            stages.append(Stage(f"student-{s.name}", cfg.student_dir(s.name), lambda i=i: self.train_student(i),
-                                needs_ray=True, fingerprint=_fingerprint(s.model_dump())))
+                                fingerprint=fingerprint({**cfg.score.model_dump(),
+                                                         "teachers": cfg.teachers.model_dump()}),
+                                also=(cfg.ensemble_dir() / ENSEMBLE_FILE,)))
+        for name, i, twin in cfg.trained_students():
+            stages.append(Stage(f"student-{name}", cfg.student_dir(name), lambda i=i, twin=twin: self.train_student(
+                i, twin), needs_ray=True, fingerprint=fingerprint({**cfg.students[i].model_dump(), "twin": twin})))
         if cfg.evaluate is not None:
             stages.append(Stage("evaluate", cfg.eval_dir() / "results.json", self.evaluate,
                                 needs_ray=cfg.evaluate.compute.backend != "local",
-                                fingerprint=_fingerprint(cfg.evaluate.model_dump())))
+                                fingerprint=fingerprint(cfg.evaluate.model_dump())))
         if cfg.registration is not None and cfg.registration.enabled:
             stages.append(Stage("register", self.marker("register"), self.register,
-                                fingerprint=_fingerprint(cfg.registration.model_dump())))
+                                fingerprint=fingerprint(cfg.registration.model_dump())))
         return stages
 
     def done(self, stage: Stage) -> bool:
-        return self.marker(stage.name).is_file() and stage.output.exists()
+        return self.marker(stage.name).is_file() and all(p.exists() for p in (stage.output, *stage.also))
 
     def ensure_ray(self) -> None:
         if not self.ray_started:
@@ -272,7 +148,7 @@ class Pipeline:
         cfg.out.mkdir(parents=True, exist_ok=True)
         stages = self.plan()
         _say(f"pipeline {cfg.name}: {' → '.join(s.name for s in stages)}  (outputs: {cfg.out})")
-        self.tracker.start(cfg.model_dump(mode="json"))
+        self.tracker.start()
         timings: dict[str, float] = {}
         try:
             for n, stage in enumerate(stages, 1):
@@ -301,6 +177,8 @@ class Pipeline:
         if self.tracker.parent_id:
             self.tracker.metrics(self.tracker.parent_id, {f"stage_seconds.{k}": v for k, v in timings.items()})
             self.tracker.client.log_text(self.tracker.parent_id, result["table"], "summary.txt")
+            if result["summary"] is not None:
+                self.tracker.client.log_dict(self.tracker.parent_id, result["summary"], "summary.json")
             if result.get("model_uri"):
                 self.tracker.client.set_tag(self.tracker.parent_id, "kd.model_uri", result["model_uri"])
             self.tracker.end(self.tracker.parent_id)
@@ -354,10 +232,12 @@ class Pipeline:
         dc = self.cfg.teacher_config(i, triples=self.cfg.triples_path())
         return self._distill(dc, f"teacher-{t.name}", self.cfg.teacher_dir(t.name))
 
-    def train_student(self, i: int) -> dict:
-        s = self.cfg.students[i]
-        dc = self.cfg.student_config(i, scores=self.cfg.scores_file())
-        return self._distill(dc, f"student-{s.name}", self.cfg.student_dir(s.name))
+    def train_student(self, i: int, twin: bool = False) -> dict:
+        """Student i, or (`twin`) its no-KD twin: the same config with RankNet (PipelineConfig.student_config)."""
+        dc = self.cfg.student_config(i, scores=self.cfg.scores_file(), twin=twin)
+        name = dc.run.name.removeprefix(f"{self.cfg.name}-student-")
+        return {**self._distill(dc, f"student-{name}", self.cfg.student_dir(name)), "loss": dc.loss.name,
+                "nokd_twin": twin}
 
     def score(self) -> dict:
         from kd.runtime.scoring import score_teachers
@@ -365,15 +245,15 @@ class Pipeline:
         sc = self.cfg.score_config(triples=self.cfg.triples_path(), teachers=self.cfg.ensemble())
         summary = score_teachers(sc)
         self.tracker.adopt(summary.get("mlflow_run_id"), "score")
-        _say(f"  scored {summary['triples']} triples with {len(sc.teachers)} teacher(s) → {summary['output']}")
+        _say(f"  scored {summary['triples']} triples with {len(sc.teachers)} member(s), combined by {sc.combine} → "
+             f"{summary['output']}")
         return summary
 
     def evaluate(self) -> dict:
         from kd.runtime.evaluation import evaluate
 
         cfg = self.cfg
-        ec = cfg.eval_config(teachers=cfg.ensemble(), students={s.name: str(cfg.student_dir(s.name))
-                                                                for s in cfg.students})
+        ec = cfg.eval_config()
         run_id = self.tracker.create("evaluate", params={f"task.{t.name}": t.task for t in ec.tasks})
         started = int(time.time() * 1000)
 
@@ -395,7 +275,7 @@ class Pipeline:
 
             self.tracker.metrics(run_id, {f"{r['model'] or 'baseline'}.{r['dataset']}.{metric_key(k)}": v
                                           for r in rows for k, v in r["metrics"].items()})
-            self.tracker.client.log_text(run_id, format_summary(cfg, rows), "table.txt")
+            self.tracker.client.log_text(run_id, self.table(self.summarize(rows)), "table.txt")
             self.tracker.end(run_id)
         return {"results": rows, "mlflow_run_id": run_id}
 
@@ -440,8 +320,12 @@ class Pipeline:
         from kd.training import metric_key
 
         for r in rows:
-            if r["model"] == f"student-{name}" and r["task"] != "efficiency":
+            if r["model"] == student_label(name) and r["task"] != "efficiency":
                 tags.update({f"eval.{r['dataset']}.{metric_key(k)}": f"{v:.6f}" for k, v in r["metrics"].items()})
+        if rows:  # what KD gained over the twin, and the share of the teacher kept
+            summ = self.summarize(rows, registered_student=student_label(name))
+            for key in ("kd_gain", "ratio_to_teacher"):
+                tags.update({f"eval.{d}.{key}": f"{v:.6f}" for d, v in summ[key].items()})
         for k, v in tags.items():
             client.set_model_version_tag(target, version, k, v)
         uri = f"models:/{target}@{reg.alias}"
@@ -451,17 +335,32 @@ class Pipeline:
         return {"model_uri": uri, "name": target, "version": version, "student": name, "mlflow_run_id": run_id}
 
     # ------------------------------------------------------------------------------------------- summary
+    def summarize(self, rows: list[dict], registered: str | None = None,
+                  registered_student: str | None = None) -> dict:
+        cfg = self.cfg
+        return build_summary(cfg.evaluate, rows, cfg.model_roles(), cfg.nokd_twins(), registered=registered,
+                             registered_student=registered_student)
+
+    def table(self, summary: dict) -> str:
+        return format_table(summary, rerank_depth=rerank_depth(self.cfg.evaluate))
+
     def summary(self) -> dict:
+        """Print the table, the registered model and the MLflow UI command; write <output_dir>/summary.json."""
         cfg = self.cfg
         rows = self.read_marker("evaluate")["results"] if self.marker("evaluate").is_file() else []
-        table = format_summary(cfg, rows) if rows else "(no evaluation stage)"
-        uri = None
+        uri, student = None, None
         if self.marker("register").is_file():
-            uri = self.read_marker("register")["model_uri"]
+            reg = self.read_marker("register")
+            uri, student = reg["model_uri"], reg.get("student")
         else:
             for s in cfg.students:
                 if self.marker(f"student-{s.name}").is_file():
                     uri = uri or self.read_marker(f"student-{s.name}").get("model_uri")
+        summary = None
+        if rows:
+            summary = self.summarize(rows, uri, student_label(student) if student else None)
+            _write_json(cfg.summary_file(), summary)
+        table = self.table(summary) if summary else "(no evaluation stage)"
         tracking = cfg.mlflow.tracking_uri or ""
         if tracking.startswith("sqlite:"):
             ui = f"mlflow ui --backend-store-uri {tracking}"
@@ -473,72 +372,11 @@ class Pipeline:
         _say(table)
         _say("")
         _say(f"registered model: {uri}" if uri else "registered model: (none)")
+        if summary:
+            _say(f"summary:          {cfg.summary_file()}")
         _say(f"MLflow UI:        {ui}")
-        return {"table": table, "model_uri": uri, "mlflow_ui": ui, "results": rows,
+        return {"table": table, "model_uri": uri, "mlflow_ui": ui, "results": rows, "summary": summary,
                 "parent_run_id": self.tracker.parent_id}
-
-
-def format_summary(cfg: PipelineConfig, rows: list[dict]) -> str:
-    """Baselines, teachers and students side by side: nDCG@10 per evaluation dataset, and speed."""
-    ev = cfg.evaluate
-    run_files = {t.name: getattr(t, "run", None) for t in ev.tasks}
-    datasets = [t.name for t in ev.tasks if t.task in ("rerank", "dense")]
-    baseline_col = {}
-    for t in ev.tasks:
-        if t.task == "run":
-            match = [d for d in datasets if run_files.get(d) == t.run]
-            baseline_col[t.name] = match[0] if match else t.name
-            if not match:
-                datasets.append(t.name)
-    runs = [t.name for t in ev.tasks if t.task == "run"]
-    first_stage = "BM25 (first stage)" if runs and all("bm25" in n.lower() for n in runs) else "first stage (run)"
-    eff = {r["model"]: r["metrics"] for r in rows if r["task"] == "efficiency"}
-    arch = {r["model"]: r["info"].get("architecture") for r in rows if r["info"].get("architecture")}
-    table: dict[str, dict[str, float]] = {}
-    order: list[str] = []
-    for r in rows:
-        if r["task"] == "efficiency":
-            continue
-        label = first_stage if r["model"] is None else r["model"]
-        col = baseline_col.get(r["dataset"], r["dataset"]) if r["model"] is None else r["dataset"]
-        if label not in table:
-            table[label] = {}
-            order.append(label)
-        if "ndcg@10" in r["metrics"]:
-            table[label][col] = r["metrics"]["ndcg@10"]
-    for m in eff:
-        if m not in table:
-            table[m] = {}
-            order.append(m)
-
-    def qps(model: str | None, part: str) -> str:
-        m = eff.get(model) or {}
-        keys = [k for k in m if k.startswith(f"eff_{part}_bs") and k.endswith("_qps")]
-        if not keys:
-            return "-"
-        k = max(keys, key=lambda k: int(k[len(f"eff_{part}_bs"):-4]))
-        return f"{m[k]:.3g} (bs{k[len(f'eff_{part}_bs'):-4]})"
-
-    head = ["model", "arch", *[f"nDCG@10 {d}" for d in datasets], "re-rank q/s", "query-encode q/s"]
-    body = []
-    for label in order:
-        model = None if label == first_stage else label
-        body.append([label, arch.get(model, "-") if model else "-",
-                     *(f"{table[label][d]:.4f}" if d in table[label] else "-" for d in datasets),
-                     qps(model, "rerank"), qps(model, "query_encode") if arch.get(model) == "bert_dot" else "-"])
-    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    notes = ["re-rank q/s: queries re-ranked per second, each query = its top-"
-             f"{_depth(ev)} candidates scored on the fly; query-encode q/s: a dual encoder's per-query cost when "
-             "passages are pre-encoded."]
-    return "\n".join([line(head), line(["-" * w for w in widths]), *(line(r) for r in body), *notes])
-
-
-def _depth(ev) -> int:
-    for t in ev.tasks:
-        if t.task == "efficiency":
-            return t.rerank_depth
-    return 100
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
