@@ -3,10 +3,12 @@
     python -m jobs.quickstart [--set key=value ...]
     python -m jobs.quickstart --smoke [--backbone PATH_OR_HUB_NAME] [--pairs FILE.jsonl] [--json OUT.json]
 
-Default: mine SciFact triples → train a BERT_CAT teacher → score → distil a BERT_DOT student → evaluate BM25,
-teacher and student on SciFact test and DL'19 → register; a local Ray is started, MLflow tracks to ./mlflow.db, the
-data ships in the package (kd/resources/quickstart). Ends with the registered model URI, the metrics table and the
-command that opens the MLflow UI. Rerunning skips the finished stages.
+Default: mine SciFact triples → the teacher ensemble (existing members, combined) scores them → the same small
+student trained twice, without KD (RankNet) and with Margin-MSE, on the same triples → evaluate BM25, the teacher, the
+student without KD and the student with KD on SciFact test and DL'19 → register the KD student. A local Ray is
+started, MLflow tracks to ./mlflow.db, the data ships in the package (kd/resources/quickstart). Ends with the table
+(nDCG@10, re-rank queries/s, speed-up over the teacher, what KD gained), the registered model URI and the command
+that opens the MLflow UI, and writes outputs/quickstart/summary.json. Rerunning skips the finished stages.
 
 --smoke: the fast check — every student architecture built on the real all-MiniLM-L6-v2 weights scores real
 SciFact claim/abstract pairs (no training).
