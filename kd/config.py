@@ -533,7 +533,11 @@ class DistillConfig(Strict):
         errors += self._option_errors()
 
         def fits(name: str) -> bool:
+            # score_file also takes a teacher-free pairwise loss: the no-KD twin (RankNet on the labels) of a KD
+            # student, trained on the identical examples, order and steps of the same teacher file
             kind, needs_teacher = LOSS_KINDS[name]
+            if self.mode == "score_file" and kind == "pairwise" and not needs_teacher:
+                return True
             return kind in MODE_LOSS_KINDS[self.mode] and needs_teacher == (self.mode != "supervised")
 
         if self.loss.name not in LOSS_KINDS:

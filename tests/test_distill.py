@@ -213,7 +213,7 @@ def test_worker_failure_resumes_from_checkpoint_with_the_same_result(data, ray_c
         ("loss.name=margin_mze", "loss.name", "unknown loss 'margin_mze'"),
         ("student.init.layers=[0,9]", "student.init.layers", "out of range"),
         ("teacher.scores=./no/such/file.tsv", "teacher.scores", "file not found"),
-        ("loss.name=ranknet", "loss.name", "does not fit mode 'score_file'"),
+        ("loss.name=embedding_alignment", "loss.name", "does not fit mode 'score_file'"),
         ("loss.name=standard_kd", "loss.name", "does not fit mode 'score_file'"),
         ("registry.alias=latest", "registry.alias", "reserved"),
         ("training.zero_stage=3", "training.zero_stage", "'auto'"),

@@ -249,7 +249,7 @@ def test_a_new_champion_moves_the_alias_and_the_previous_keeps_its_version(sweep
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("search_space={loss.name: {grid: [margin_mse, ranknet]}}", "does not fit mode 'score_file'"),
+        ("search_space={loss.name: {grid: [margin_mse, standard_kd]}}", "does not fit mode 'score_file'"),
         ("search_space={trainng.lr: {grid: [0.001]}}", "field search_space.trainng.lr: the distill config has no "
                                                        "field 'trainng' (did you mean 'training'?)"),
         ("search_space={student.init.num_layers: {grid: [2, 9]}}", "9 > the 6 layers"),
