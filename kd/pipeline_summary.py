@@ -4,7 +4,7 @@ the job prints — BM25 | teacher | student without KD | student with KD (Ray-fr
 summary.json:
 
     {"models": [{"name", "role", "ndcg@10": {dataset: value}, "rerank_qps", "rerank_batch_size",
-                 "speedup_vs_teacher", "architecture"}, ...],      # in the table's order
+                 "speedup_vs_teacher", "timing_contended", "architecture"}, ...],      # in the table's order
      "datasets": [...], "teacher": "teacher" | null,
      "kd_student": "student-<s>" | null, "nokd_twin": "student-<s>-nokd" | null,
      "kd_gain": {dataset: nDCG@10(KD student) − nDCG@10(its no-KD twin)},
@@ -16,7 +16,8 @@ Roles (PipelineConfig.model_roles): `bm25` (the first-stage runs, one row; `firs
 BM25), `teacher` (the ensemble), `student_nokd`, `student_kd`, `model` (listed in evaluate.models). nDCG@10 columns
 are the rerank/dense datasets; a first-stage run sits in the column of the task that re-ranks the same run file.
 Re-rank q/s is the efficiency task's figure at its largest batch size; the speed-up over the teacher divides two
-figures at the same batch size (the largest both measured). `kd_student` is the registered student when there is one,
+figures at the same batch size (the largest both measured); `timing_contended` is the efficiency result's own
+flag (other processes used over 10% of the CPU while it was timed), marked `*` in the table. `kd_student` is the registered student when there is one,
 else the first KD student with a twin, else the first KD student; every student_kd row with a twin also carries its
 own `kd_gain`.
 `machine`: this driver's CPU (model name and the flags that decide the speed of bf16 and fp32 kernels) and the
@@ -72,10 +73,11 @@ def build_summary(ev, rows: list[dict], roles: dict[str, str], twins: dict[str, 
             models[name] = {"name": FIRST_STAGE[first_role] if name is None else name,
                             "role": first_role if name is None else roles.get(name, "model"), METRIC: {},
                             "rerank_qps": None, "rerank_batch_size": None, "speedup_vs_teacher": None,
-                            "architecture": None}
+                            "timing_contended": None, "architecture": None}
         m = models[name]
         m["architecture"] = m["architecture"] or (r.get("info") or {}).get("architecture")
         if r["task"] == "efficiency":
+            m["timing_contended"] = (r.get("info") or {}).get("contended")
             eff[name] = _rerank_qps(r["metrics"])
             if eff[name]:
                 m["rerank_batch_size"] = max(eff[name])
@@ -148,7 +150,8 @@ def format_table(summary: dict, *, rerank_depth: int = 100) -> str:
     head = ["model", "role", *[f"nDCG@10 {d}" for d in datasets], "re-rank q/s", "speed-up vs teacher"]
     body = []
     for m in summary["models"]:
-        qps = f"{m['rerank_qps']:.3g} (bs{m['rerank_batch_size']})" if m["rerank_qps"] is not None else "-"
+        star = "*" if m["timing_contended"] else ""
+        qps = f"{m['rerank_qps']:.3g} (bs{m['rerank_batch_size']}){star}" if m["rerank_qps"] is not None else "-"
         speed = f"{m['speedup_vs_teacher']:.2f}x" if m["speedup_vs_teacher"] is not None else "-"
         body.append([m["name"], m["role"], *(f"{m[METRIC][d]:.4f}" if d in m[METRIC] else "-" for d in datasets),
                      qps, speed])
@@ -165,6 +168,9 @@ def format_table(summary: dict, *, rerank_depth: int = 100) -> str:
         out.append(f"{kd} keeps of the teacher's nDCG@10: {shares}")
     out.append(f"re-rank q/s: queries re-ranked per second, each query = its top-{rerank_depth} candidates scored on "
                "the fly (a dual encoder encodes the passages too); speed-up: that figure over the teacher's.")
+    if any(m["timing_contended"] for m in summary["models"]):
+        out.append("* timed while other processes used over 10% of the CPU: not a reliable speed; rerun evaluate on "
+                   "an idle machine")
     return "\n".join(out)
 
 

@@ -312,7 +312,7 @@ def _rows() -> list[dict]:
         r("student-dot", "efficiency", "efficiency", {"eff_rerank_bs1_qps": 0.8, "eff_rerank_bs8_qps": 2.0,
                                                       "eff_query_encode_bs8_qps": 100.0}, "bert_dot"),
         r("student-dot-nokd", "rerank", "scifact-test", {"ndcg@10": 0.61}, "bert_dot", **bf16),
-        r("student-dot-nokd", "efficiency", "efficiency", {"eff_rerank_bs1_qps": 0.9}, "bert_dot"),
+        r("student-dot-nokd", "efficiency", "efficiency", {"eff_rerank_bs1_qps": 0.9}, "bert_dot", contended=True),
     ]
 
 
@@ -336,6 +336,7 @@ def test_summary_json_keys_and_values(tmp_path):
     assert (teacher["rerank_qps"], teacher["speedup_vs_teacher"]) == (0.5, 1.0)
     assert kd["rerank_qps"] == 2.0 and kd["speedup_vs_teacher"] == pytest.approx(4.0)  # both at bs8
     assert nokd["speedup_vs_teacher"] == pytest.approx(0.9 / 0.2)  # the largest batch size both measured: bs1
+    assert (nokd["timing_contended"], kd["timing_contended"], bm25["timing_contended"]) == (True, None, None)
     assert s["kd_gain"] == {"scifact-test": pytest.approx(0.05)} == kd["kd_gain"]
     assert s["ratio_to_teacher"] == {"scifact-test": pytest.approx(1.1)}
     assert s["datasets"] == ["scifact-test"] and s["registered"] == "models:/pt-kd@current"
@@ -356,10 +357,11 @@ def test_summary_table_puts_bm25_teacher_and_both_students_side_by_side(tmp_path
     assert cells[0] == ["model", "role", "nDCG@10 scifact-test", "re-rank q/s", "speed-up vs teacher"]
     assert cells[2:] == [["BM25 (first stage)", "bm25", "0.7000", "-", "-"],
                          ["teacher", "teacher", "0.6000", "0.5 (bs8)", "1.00x"],
-                         ["student-dot-nokd", "student_nokd", "0.6100", "0.9 (bs1)", "4.50x"],
+                         ["student-dot-nokd", "student_nokd", "0.6100", "0.9 (bs1)*", "4.50x"],
                          ["student-dot", "student_kd", "0.6600", "2 (bs8)", "4.00x"]]
     assert lines[6] == "KD gained (nDCG@10, student-dot minus its no-KD twin student-dot-nokd): scifact-test +0.0500"
     assert lines[7] == "student-dot keeps of the teacher's nDCG@10: scifact-test 110.0%"
+    assert lines[-1].startswith("* timed while other processes used over 10% of the CPU")
 
 
 # ---------------------------------------------------------------------------------------------- shipped data
