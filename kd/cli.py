@@ -5,9 +5,12 @@
               --corpus corpus.jsonl --top-k 100 --output reranked.trec
     kd encode --model models:/scifact-bert-dot@champion --input corpus.jsonl --kind docs --out docs.npy
     kd lookup --model models:/scifact-bert-dot@champion
+    kd teachers combine --members out/members.parquet --combine zscore --weight bm25=0.5 --out out/recombined
 
 `--model` takes models:/<name>@<alias>, models:/<name>/<version>, runs:/<id>/model, a saved kd folder, or an HF /
 sentence-transformers name or folder; registry URIs use --tracking-uri, else $MLFLOW_TRACKING_URI.
+`teachers combine` recombines a scoring run's raw member scores (jobs.score_teachers' members.parquet) without
+rescoring: DIR/teacher_scores.tsv + DIR/ensemble/.
 Exit codes: 0 ok, 2 bad input (missing file, unknown model / alias / version, wrong model kind).
 """
 from __future__ import annotations
@@ -144,13 +147,34 @@ def cmd_lookup(args) -> int:
     return 0
 
 
+def cmd_teachers_combine(args) -> int:
+    from kd.teachers.scores import recombine
+
+    weights = {}
+    for item in args.weight or []:
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value) if sep and name else None
+        except ValueError:
+            weight = None
+        if weight is None:
+            raise UsageError(f"--weight {item!r}: give NAME=WEIGHT, e.g. bm25=0.5")
+        weights[name] = weight
+    try:
+        combination, paths = recombine(args.members, args.out, args.combine, weights)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(f"{combination.describe()} → {paths['scores']} and {paths['ensemble']}", file=sys.stderr)
+    return 0
+
+
 class UsageError(ValueError):
     pass
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="kd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{rerank,encode,lookup}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{rerank,encode,lookup,teachers}")
 
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, metavar="URI",
@@ -196,6 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(lk)
     lk.add_argument("--load", action="store_true", help="also download and load it (adds architecture, size)")
     lk.set_defaults(fn=cmd_lookup)
+
+    tc = sub.add_parser("teachers", help="teacher ensembles: recombine scored members without rescoring")
+    tsub = tc.add_subparsers(dest="teachers_command", required=True, metavar="{combine}")
+    cb = tsub.add_parser("combine", help="combine members.parquet anew → DIR/teacher_scores.tsv + DIR/ensemble/",
+                         description="Combine the raw member scores a scoring run kept (jobs.score_teachers' "
+                                     "members.parquet) into a teacher file and ensemble folder, without rescoring. "
+                                     "With the run's own combination and weights it rebuilds its teacher_scores.tsv "
+                                     "byte for byte.")
+    cb.add_argument("--members", required=True, metavar="FILE", help="members.parquet of a scoring run")
+    cb.add_argument("--combine", choices=("mean", "zscore"), default=None,
+                    help="mean (the paper's T2) or zscore (each member standardised over all its scores); "
+                         "default: the scoring run's")
+    cb.add_argument("--weight", action="append", metavar="NAME=W",
+                    help="a member's weight (repeatable); members not named keep the scoring run's weight")
+    cb.add_argument("--out", required=True, metavar="DIR", help="writes DIR/teacher_scores.tsv and DIR/ensemble/")
+    cb.set_defaults(fn=cmd_teachers_combine)
     return ap
 
 

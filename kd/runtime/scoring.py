@@ -1,13 +1,16 @@
 """Teacher-ensemble scoring of training triples on Ray Data (jobs/score_teachers.py).
 
-Driver: validates and joins id triples with text (every unknown id fails or is counted before Ray starts), cuts the
-rows into shards, and for each shard not yet on disk runs a Ray Data pipeline whose `map_batches` actor pool
-(`ActorPoolStrategy`, `num_gpus` per actor on GPU clusters) loads the ensemble once per actor and scores windows of
-rows, length-sorted inside each window. Each shard is written atomically as
-    shards/part-NNNNN.tsv      pos_score<TAB>neg_score<TAB>qid<TAB>pos_pid<TAB>neg_pid   (ensemble mean)
-    shards/part-NNNNN.parquet  ids + every member's raw pos/neg scores
-and a rerun skips finished shards. At the end the shards are concatenated into `teacher_scores.tsv` (the published
-Margin-MSE format) and `members.parquet`, and counts, throughput and teacher identities go to MLflow.
+Driver: checks every member can score (kd.teachers.check_member) and validates and joins id triples with text
+(every unknown id fails or is counted) before Ray starts, cuts the rows into shards, and for each shard not yet on
+disk runs a Ray Data pipeline whose `map_batches` actor pool (`ActorPoolStrategy`, `num_gpus` per actor on GPU
+clusters) builds the ensemble once per actor (a BM25 member indexes its corpus statistics then) and scores windows
+of rows, length-sorted inside each window. Each shard holds only raw member scores, written atomically as
+    shards/part-NNNNN.parquet  qid, pos_pid, neg_pid + every member's raw <name>_pos / <name>_neg (float32)
+and a rerun skips finished shards. A zscore combination needs statistics over every row, so the combination is
+made at assembly (kd/teachers/scores.py): the shards become `members.parquet`, the combined scores
+`teacher_scores.tsv` (the published Margin-MSE format) and `ensemble/` (members + fitted combination). The shards
+do not depend on `combine` or the weights: rerunning with another combination recombines without rescoring. Counts,
+throughput, teacher identities and the fitted combination go to summary.json and MLflow.
 """
 from __future__ import annotations
 
@@ -25,26 +28,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from kd.config import ScoreTeachersConfig, to_flat_dict
+from kd.config import ConfigError, ScoreTeachersConfig, to_flat_dict
 from kd.data.join import JoinedTriple, JoinStats, join_triples, load_passages, load_queries
 from kd.progress import Progress
 from kd.runtime.progress import quiet_ray_data
-from kd.teachers import TeacherEnsemble, load_teacher
+from kd.teachers.checks import check_member
+from kd.teachers.scores import ENSEMBLE_DIR, MEMBERS_FILE, SCORES_FILE, MemberScores, with_metadata, \
+    write_combined, write_members
 
 logger = logging.getLogger(__name__)
 
-SCORES_FILE = "teacher_scores.tsv"
-MEMBERS_FILE = "members.parquet"
 SUMMARY_FILE = "summary.json"
+FORMAT = 2  # shards of raw member scores only (format 1 also held a per-shard mean .tsv)
 
 
 class TeacherScorer:
-    """Ray Data callable class: one teacher ensemble per actor; scores a window of (query, pos, neg) rows."""
+    """Ray Data callable class: one teacher ensemble per actor, built once (a BM25 member tokenises its whole
+    corpus here, in every actor: 0.9 s for the quickstart's 3.4k passages, ≈ 0.3 ms per passage, so ~45 min for
+    MS MARCO's 8.8M); scores a window of (query, pos, neg) rows with every member."""
 
     def __init__(self, teachers: list[dict], batch_size: int, use_gpu: bool):
+        from kd.teachers import TeacherEnsemble, load_member
+
         self.names = [t["name"] for t in teachers]
-        members = [load_teacher(t["path"], t["kind"], t["max_length"]) for t in teachers]
-        self.ensemble = TeacherEnsemble(members, names=self.names)
+        self.ensemble = TeacherEnsemble([load_member(t) for t in teachers], names=self.names)
         self.device = torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
         self.ensemble.to(self.device)
         self.batch_size = batch_size
@@ -55,7 +62,7 @@ class TeacherScorer:
         passages = [str(p) for p in batch["pos"]] + [str(p) for p in batch["neg"]]
         # bf16 on GPU, fp32 on CPU; `predict` sorts the 2n pairs by length so padding stays small
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            _, members = self.ensemble.predict(queries + queries, passages, batch_size=self.batch_size)
+            members = self.ensemble.predict_members(queries + queries, passages, batch_size=self.batch_size)
         members = members.numpy().astype(np.float32)
         out = {"row": batch["row"]}
         for i, name in enumerate(self.names):
@@ -64,11 +71,23 @@ class TeacherScorer:
         return out
 
 
+def _member_fingerprint(spec: dict) -> dict:
+    """What a member's raw scores depend on: its spec but the weight (a combination matter), and a bm25 corpus's
+    size and mtime."""
+    out = {k: v for k, v in spec.items() if k != "weight"}
+    if spec["kind"] == "bm25":
+        st = os.stat(spec["corpus"])
+        out.update(corpus=str(Path(spec["corpus"]).resolve()), corpus_size=st.st_size, corpus_mtime=int(st.st_mtime))
+    return out
+
+
 def _fingerprint(cfg: ScoreTeachersConfig) -> dict:
+    """What the shards depend on (not `combine` or the weights: they only change the assembly)."""
     st = os.stat(cfg.input)
     return {
+        "format": FORMAT,
         "input": str(Path(cfg.input).resolve()), "input_size": st.st_size, "input_mtime": int(st.st_mtime),
-        "shard_size": cfg.shard_size, "teachers": [t.model_dump() for t in cfg.teachers],
+        "shard_size": cfg.shard_size, "teachers": [_member_fingerprint(t.model_dump()) for t in cfg.teachers],
         "queries": cfg.text.queries, "passages": cfg.text.passages, "use_title": cfg.text.use_title,
         "strict": cfg.strict,
     }
@@ -94,14 +113,8 @@ def _chunks(it: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _write_atomic_tsv(path: Path, lines: list[str]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, path)
-
-
-def _shard_paths(out: Path, i: int) -> tuple[Path, Path]:
-    return out / "shards" / f"part-{i:05d}.tsv", out / "shards" / f"part-{i:05d}.parquet"
+def _shard_path(out: Path, i: int) -> Path:
+    return out / "shards" / f"part-{i:05d}.parquet"
 
 
 def _score_shard(rows: list[JoinedTriple], first_row: int, cfg: ScoreTeachersConfig,
@@ -137,42 +150,43 @@ def _score_shard(rows: list[JoinedTriple], first_row: int, cfg: ScoreTeachersCon
 
 
 def _write_shard(out: Path, i: int, rows: list[JoinedTriple], scored: dict[str, np.ndarray], names: list[str]) -> None:
-    tsv, parquet = _shard_paths(out, i)
-    tsv.parent.mkdir(parents=True, exist_ok=True)
-    members_pos = np.stack([scored[f"{n}_pos"] for n in names]).astype(np.float64)
-    members_neg = np.stack([scored[f"{n}_neg"] for n in names]).astype(np.float64)
-    mean_pos, mean_neg = members_pos.mean(0), members_neg.mean(0)  # T2 = arithmetic mean of the members
-    lines = [
-        f"{p!r}\t{n!r}\t{r.qid}\t{r.pos_pid}\t{r.neg_pid}\n"
-        for p, n, r in zip(mean_pos.tolist(), mean_neg.tolist(), rows)
-    ]
-    columns = {
-        "qid": [r.qid for r in rows], "pos_pid": [r.pos_pid for r in rows], "neg_pid": [r.neg_pid for r in rows],
-        "pos_score": mean_pos, "neg_score": mean_neg,
-    }
+    """ids + raw member scores; written to a temporary name and renamed, so an existing shard is a finished one."""
+    path = _shard_path(out, i)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = {"qid": [r.qid for r in rows], "pos_pid": [r.pos_pid for r in rows], "neg_pid": [r.neg_pid for r in rows]}
     for n in names:
         columns[f"{n}_pos"], columns[f"{n}_neg"] = scored[f"{n}_pos"], scored[f"{n}_neg"]
-    tmp = parquet.with_suffix(".parquet.tmp")
+    tmp = path.with_suffix(".parquet.tmp")
     pq.write_table(pa.table(columns), tmp)
-    os.replace(tmp, parquet)
-    _write_atomic_tsv(tsv, lines)  # the .tsv marks the shard done: written last
+    os.replace(tmp, path)
 
 
-def _assemble(out: Path, n_shards: int) -> None:
-    tmp = out / (SCORES_FILE + ".tmp")
-    with open(tmp, "wb") as f:
-        for i in range(n_shards):
-            f.write(_shard_paths(out, i)[0].read_bytes())
-    os.replace(tmp, out / SCORES_FILE)
-    tables = [pq.read_table(_shard_paths(out, i)[1]) for i in range(n_shards)]
-    pq.write_table(pa.concat_tables(tables), out / MEMBERS_FILE)
+def _assemble(out: Path, n_shards: int, cfg: ScoreTeachersConfig):
+    """members.parquet from the shards, then the combination fitted on all of it → teacher_scores.tsv + ensemble/."""
+    specs = [t.model_dump() for t in cfg.teachers]
+    table = with_metadata(pa.concat_tables([pq.read_table(_shard_path(out, i)) for i in range(n_shards)]),
+                          specs, cfg.combine)
+    write_members(out / MEMBERS_FILE, table)
+    scores = MemberScores.from_table(table, str(out / MEMBERS_FILE))
+    combination = scores.fit(cfg.combine)
+    write_combined(out, scores, combination)
+    return combination
+
+
+def _check_members(cfg: ScoreTeachersConfig) -> None:
+    """Every member can score (its folder holds a model of its kind, a bm25 corpus exists), before Ray starts."""
+    for i, t in enumerate(cfg.teachers):
+        try:
+            check_member(t.model_dump())
+        except ValueError as e:
+            raise ConfigError(f"field teachers.{i}: {e}") from None
 
 
 def score_teachers(cfg: ScoreTeachersConfig) -> dict:
     """Run the scoring job; returns the summary (also written to output_dir/summary.json and MLflow)."""
-    from kd.runtime.cluster import ensure_ray
     from kd.runtime.tracking import log_params, mlflow_run
 
+    _check_members(cfg)
     out = Path(cfg.output_dir)
     queries = load_queries(cfg.text.queries, strict=cfg.strict)
     passages = load_passages(cfg.text.passages, strict=cfg.strict, use_title=cfg.text.use_title,
@@ -186,18 +200,24 @@ def score_teachers(cfg: ScoreTeachersConfig) -> dict:
     total = sum(1 for _ in joined(check))
     if total == 0:
         raise ValueError(f"{cfg.input}: no triple could be joined with text ({check.summary()})")
-    _check_manifest(out, _fingerprint(cfg))
+    fingerprint = _fingerprint(cfg)
+    _check_manifest(out, fingerprint)
     n_shards = -(-total // cfg.shard_size)
     names = [t.name for t in cfg.teachers]
-    ensure_ray()
-    quiet_ray_data()
+    done = {i for i in range(n_shards) if _shard_path(out, i).exists()}
+    if len(done) < n_shards:  # a rerun that only recombines finished shards needs no Ray
+        from kd.runtime.cluster import ensure_ray
 
-    # the same fingerprint (so the same output_dir) → the same run name; a rerun reopens that MLflow run
-    run_id = hashlib.sha1(json.dumps(_fingerprint(cfg), sort_keys=True).encode()).hexdigest()[:10]
+        ensure_ray()
+        quiet_ray_data()
+
+    # the same shards and combination → the same run name; a rerun reopens that MLflow run (another combination
+    # of the same shards is another run: its params differ)
+    combination_key = {"combine": cfg.combine, "weights": [t.weight for t in cfg.teachers]}
+    run_id = hashlib.sha1(json.dumps([fingerprint, combination_key], sort_keys=True).encode()).hexdigest()[:10]
     with mlflow_run(cfg.mlflow, f"score-teachers-{run_id}", tags={"kd.job": "score_teachers"}, reuse=True) as run:
         if run is not None:
             log_params(to_flat_dict(cfg))
-        done = {i for i in range(n_shards) if _shard_paths(out, i)[0].exists()}
         reused = sum(min(cfg.shard_size, total - i * cfg.shard_size) for i in done)
         progress = Progress("teacher scoring", total, unit="triples", done=reused, enabled=cfg.show_progress)
         scored_now, seconds = 0, 0.0
@@ -210,7 +230,7 @@ def score_teachers(cfg: ScoreTeachersConfig) -> dict:
                 seconds += time.perf_counter() - start
                 scored_now += len(rows)
         progress.close()
-        _assemble(out, n_shards)
+        combination = _assemble(out, n_shards, cfg)
         summary = {
             "triples": total, "input_lines": stats.rows, "skipped": stats.skipped,
             "missing_query": stats.missing_query, "missing_passage": stats.missing_passage,
@@ -218,16 +238,20 @@ def score_teachers(cfg: ScoreTeachersConfig) -> dict:
             "scored_now": scored_now, "reused_from_shards": reused, "shards": n_shards,
             "pairs_per_second": (2 * scored_now / seconds) if seconds else None,
             "seconds": seconds, "teachers": [t.model_dump() for t in cfg.teachers],
+            "combination": combination.to_dict(),
             "output": str(out / SCORES_FILE), "members": str(out / MEMBERS_FILE),
+            "ensemble": str(out / ENSEMBLE_DIR),
         }
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         if run is not None:
             import mlflow
 
+            log_params(combination.params())
             mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
             for t in cfg.teachers:
-                mlflow.set_tag(f"kd.teacher.{t.name}", f"{t.kind}:{t.path}")
+                mlflow.set_tag(f"kd.teacher.{t.name}", f"{t.kind}:{t.corpus if t.kind == 'bm25' else t.path}")
             mlflow.log_artifact(str(out / SUMMARY_FILE))
+            mlflow.log_artifacts(str(out / ENSEMBLE_DIR), ENSEMBLE_DIR)
             summary["mlflow_run_id"] = run.info.run_id
     logger.info("teacher scoring: %s", json.dumps({k: v for k, v in summary.items() if k != "teachers"}))
     return summary
