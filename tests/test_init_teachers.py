@@ -129,11 +129,11 @@ def test_kd_folder_teachers_and_ensemble_mean(minilm_path, tmp_path, pairs):
     b = BertCat.from_backbone(minilm_path).save_pretrained(tmp_path / "b")
     members = [load_cross_encoder_teacher(a), load_cross_encoder_teacher(b)]
     ens = TeacherEnsemble(members, names=["a", "b"])
-    mean, each = ens.predict(*pairs, batch_size=3)
+    mean, each = ens.predict(*pairs, batch_size=3), ens.predict_members(*pairs, batch_size=3)
     assert each.shape == (2, len(pairs[0]))
     torch.testing.assert_close(each[0], members[0].predict(*pairs))
     torch.testing.assert_close(each[1], members[1].predict(*pairs))
-    assert torch.equal(mean, (each[0] + each[1]) / 2)
+    assert torch.equal(mean, ((each[0].double() + each[1].double()) / 2).float())
     assert not torch.equal(each[0], each[1])
     with torch.no_grad():
         torch.testing.assert_close(ens.score(*pairs), mean, atol=1e-5, rtol=1e-5)
