@@ -316,27 +316,12 @@ def top_candidates(run: Mapping[str, Mapping[str, float]], qids: Sequence[str], 
 # ================================================================================================== scoring
 def score_pairs(model: Ranker, queries: Sequence[str], passages: Sequence[str], *, batch_size: int = 64,
                 precision: str = "auto", show_progress: bool = False) -> np.ndarray:
-    """Scores for aligned (query, passage) pairs, float32.
-
-    Single-vector bi-encoders encode each distinct query and passage once (a passage shared by several queries is
-    not re-encoded) and score by inner product; every other architecture goes through `Ranker.predict`
-    (length-sorted batches of pairs).
-    """
+    """Scores for aligned (query, passage) pairs, float32, through `Ranker.predict` (length-sorted batches; a
+    bi-encoder encodes each distinct query and passage once and scores by inner product)."""
     if len(queries) != len(passages):
         raise ValueError(f"got {len(queries)} queries but {len(passages)} passages")
     if len(queries) == 0:
         raise ValueError("no (query, passage) pairs to score")
-    if is_single_vector(model):
-        uq, up = list(dict.fromkeys(queries)), list(dict.fromkeys(passages))
-        qe = encode_texts(model, uq, kind="queries", batch_size=batch_size, precision=precision)
-        pe = encode_texts(model, up, kind="docs", batch_size=batch_size, precision=precision,
-                          show_progress=show_progress,
-                          desc="encoding candidates")
-        qi = {t: i for i, t in enumerate(uq)}
-        pi = {t: i for i, t in enumerate(up)}
-        a = qe[[qi[q] for q in queries]]
-        b = pe[[pi[p] for p in passages]]
-        return np.einsum("nd,nd->n", a, b).astype(np.float32)
     device = model.device
     with autocast(device, precision):
         return model.predict(list(queries), list(passages), batch_size=batch_size,

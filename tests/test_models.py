@@ -246,3 +246,19 @@ def test_tk_loads_a_folder_saved_with_a_0d_mixer(students, batch, tmp_path):
     assert loaded.mixer.shape == (1,)
     with torch.no_grad():
         assert torch.equal(loaded.score(*batch), tk.score(*batch))
+
+
+def test_bert_dot_predict_encodes_each_distinct_text_once_and_matches_pairwise_scoring(minilm_path):
+    from kd.models import BertDot
+    from kd.models.base import Ranker
+
+    model = BertDot.from_backbone(minilm_path).eval()
+    queries = ["what is a cell", "protein folding", "what is a cell"] * 4
+    passages = ["cells are the units of life", "a protein folds into its shape in water", "dna"] * 4
+    calls = []
+    embed = model.embed
+    model.embed = lambda **b: calls.append(len(b["input_ids"])) or embed(**b)
+    fast = model.predict(queries, passages, batch_size=64)
+    assert sum(calls) == 2 + 3  # 2 distinct queries + 3 distinct passages, not 12 + 12
+    del model.embed
+    torch.testing.assert_close(fast, Ranker.predict(model, queries, passages, batch_size=5), atol=1e-5, rtol=1e-5)

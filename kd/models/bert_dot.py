@@ -10,11 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from kd.models import backbone as bb
-from kd.models.base import Ranker, masked_mean, tokenize_texts
+from kd.models.base import Ranker, _check_pairs, masked_mean, pad_features, tokenize_texts
+from kd.progress import Progress
 
 POOLINGS = ("cls", "mean")
 
@@ -79,6 +81,48 @@ class BertDot(Ranker):
 
     def encode_docs(self, passages: Sequence[str]) -> torch.Tensor:
         return self._encode(passages, self.options["max_passage_length"])
+
+    @torch.inference_mode()
+    def encode_unique(self, texts: Sequence[str], max_length: int, batch_size: int = 64,
+                      progress: Progress | None = None) -> torch.Tensor:
+        """[N, d] embeddings (CPU float32) of texts, tokenized once and batched by exact token count."""
+        features = dict(self.tokenizer(list(texts), truncation=True, max_length=max_length))
+        features.pop("attention_mask", None)
+        lengths = np.fromiter(map(len, features["input_ids"]), np.int64, len(texts))
+        order = np.argsort(lengths, kind="stable")
+        pad_ids = {"input_ids": self.tokenizer.pad_token_id or 0}
+        out = torch.empty(len(texts), self.embedding_dim, dtype=torch.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = pad_features(features, idx, lengths, pad_ids)
+            out[torch.from_numpy(idx)] = self.embed(**{k: v.to(self.device) for k, v in batch.items()}).float().cpu()
+            if progress is not None:
+                progress.update(len(idx))
+        return out
+
+    @torch.inference_mode()
+    def predict(
+        self, queries: Sequence[str], passages: Sequence[str], batch_size: int = 64, show_progress: bool = False
+    ) -> torch.Tensor:
+        """Scores [N] (CPU float32) of aligned pairs. A bi-encoder's score is the inner product of two independent
+        encodings, so each distinct query and passage is encoded once: re-ranking 100 candidates encodes the query
+        once, and a teacher scoring triples encodes a query shared by its triples once."""
+        _check_pairs(queries, passages)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        was_training = self.training
+        self.eval()
+        try:
+            uq, up = list(dict.fromkeys(queries)), list(dict.fromkeys(passages))
+            progress = Progress(f"encoding ({self.architecture})", len(uq) + len(up), unit="texts",
+                                enabled=show_progress)
+            q = self.encode_unique(uq, self.options["max_query_length"], batch_size, progress)
+            d = self.encode_unique(up, self.options["max_passage_length"], batch_size, progress)
+            progress.close()
+        finally:
+            self.train(was_training)
+        qi, pi = {t: i for i, t in enumerate(uq)}, {t: i for i, t in enumerate(up)}
+        return (q[[qi[t] for t in queries]] * d[[pi[t] for t in passages]]).sum(-1)
 
     def score_triples(self, queries, positives, negatives) -> tuple[torch.Tensor, torch.Tensor]:
         q = self.encode_queries(queries)
