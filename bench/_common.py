@@ -37,3 +37,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def machine(device: str = "cpu") -> dict:
+    """What a benchmark ran on, from the project's own readers: CPU model, the precision-relevant flags it has and
+    the core count (kd.pipeline_summary.machine_facts, what summary.json records), torch threads and the 1-minute
+    load average (kd.evaluation.machine_info), plus platform, Python and torch versions."""
+    import torch
+
+    from kd.evaluation import machine_info
+    from kd.pipeline_summary import machine_facts
+
+    return {**machine_facts(), **machine_info(device), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__}

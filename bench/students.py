@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""Efficient students vs the teacher ensemble: re-ranking speed on the same machine, in the same run (issue 15.3).
+
+    python bench/students.py --queries 1 --repeats 1 --out /tmp/students.json   # a quick look (~1 min)
+    python bench/students.py --queries 1 --repeats 1 --out /tmp/students.json      # a quick look (~1 min)
+
+Rows, all fp32 on CPU, all re-ranking through `kd.evaluation.rerank` — exactly what the evaluation job's re-rank
+task runs (`Ranker.predict`'s length-sorted batches of pairs; a single-vector dual encoder, BERT_DOT, encodes each
+distinct query and passage once instead):
+  teacher   the quickstart's teacher, built in-process from its members (configs/quickstart.yaml `teachers.given`):
+            BM25 with the statistics of the quickstart SciFact corpus (kd.teachers.BM25Member via load_member) + the
+            all-MiniLM-L6-v2 bi-encoder (6 layers), combined by zscore (`Combination.fit` on the members' scores of
+            the warm-up pairs — the fitted μ/σ change the scores, not the work)
+  <arch>    each efficient student exactly as its config builds it: `kd.training.build_student` on the DistillConfig
+            of configs/students/<arch>.yaml — layers 0 and 5 of all-MiniLM-L6-v2 (top-bottom) for bert_cat, bert_dot,
+            colbert and prettr (split_layer 1), and for TK the backbone's word-piece embeddings + 2 contextualisation
+            layers of its own
+The students are untrained (fresh heads, TK's own layers random): training changes weights, not shapes, so their
+speed is the trained students' speed; their scores mean nothing here and no nDCG is reported.
+
+The pairs are the first --queries DL'19 queries (sorted ids) × their BM25 top-100 (kd/resources/quickstart/dl19).
+Every row is warmed up once on --warmup-queries queries; then --repeats rounds time each row re-ranking all the
+queries, in alternating order (teacher, students…, then reversed, …). Queries/s = queries / wall seconds of a round.
+Each timed run records the share of the machine's CPU that *other* processes used (kd.evaluation.OtherLoad); a run
+is quiet when that share is ≤ --contention-threshold (0.1). While some row has no quiet run, up to
+--max-extra-repeats more rounds run. A row with no quiet run is `contended` (busy-machine numbers: rerun on a quiet
+machine). The speed-up over the teacher compares best with best (and best quiet with best quiet where both exist).
+Target (checks): each student re-ranks ≥ 2× as fast as the teacher (issue 15's bar for the quickstart student).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine, quiet_hf  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+
+ARCHS = ("bert_cat", "bert_dot", "colbert", "prettr", "tk")
+CONFIGS = ROOT / "configs" / "students"
+QUICKSTART = ROOT / "kd" / "resources" / "quickstart"
+DL19 = QUICKSTART / "dl19"
+TEACHER_CORPUS = QUICKSTART / "scifact" / "corpus.jsonl.gz"  # the quickstart's data.passages: bm25's statistics
+TARGET_SPEEDUP = 2.0
+DEPTH = 100
+
+
+def student_config(arch: str, placeholder: Path) -> tuple:
+    """(configs/students/<arch>.yaml as a DistillConfig, the teacher.scores it names when that file is absent, else
+    None). Paths are relative to the repository root, as shipped. The bench reads no teacher scores (it builds
+    students only), so before the quickstart has written the named file the config is validated with teacher.scores
+    pointed at `placeholder` instead, and the JSON says so."""
+    import yaml
+
+    from kd.config import DistillConfig, load_config
+
+    path = CONFIGS / f"{arch}.yaml"
+    named = ((yaml.safe_load(path.read_text()) or {}).get("teacher") or {}).get("scores")
+    with contextlib.chdir(ROOT):
+        if named and Path(named).is_file():
+            return load_config(DistillConfig, path), None
+        return load_config(DistillConfig, path, [f"teacher.scores={placeholder}"]), named
+
+
+def build_students(archs, placeholder: Path) -> tuple[dict, dict]:
+    """{arch: eval-mode student} built by kd.training.build_student from each config, and {arch: what built it}."""
+    from kd.catalog import saved_num_layers
+    from kd.init import resolve_layers
+    from kd.training import build_student
+
+    models, facts = {}, {}
+    for arch in archs:
+        cfg, absent = student_config(arch, placeholder)
+        models[arch] = build_student(cfg, None).eval()
+        init = cfg.student.init
+        total = saved_num_layers(cfg.student.backbone)
+        kept = (resolve_layers(init.layers or "bottom", total, init.num_layers)
+                if total and (init.layers is not None or init.num_layers is not None) else None)
+        facts[arch] = {"config": str((CONFIGS / f"{arch}.yaml").relative_to(ROOT)), "backbone": cfg.student.backbone,
+                       "backbone_layers": total, "backbone_layers_kept": kept, "options": dict(cfg.student.options),
+                       "init": init.model_dump(exclude_none=True), "teacher_scores_absent": absent}
+    return models, facts
+
+
+def teacher_members() -> tuple[list, list[str]]:
+    """The quickstart's teacher members (configs/quickstart.yaml teachers.given), loaded as the scoring job loads
+    them: kd.config.TeacherSpec → kd.teachers.load_member."""
+    from kd.catalog import MINILM_HUB_NAME
+    from kd.config import TeacherSpec
+    from kd.teachers import load_member
+
+    specs = [TeacherSpec(name="bm25", kind="bm25", corpus=str(TEACHER_CORPUS)),
+             TeacherSpec(name="minilm", kind="bi", path=MINILM_HUB_NAME)]
+    return [load_member(s.model_dump()) for s in specs], [s.name for s in specs]
+
+
+def dl19_candidates(n_queries: int) -> tuple[dict, dict, dict]:
+    """(candidates {qid: [docid × 100]}, queries, passages) for the first n DL'19 queries (sorted ids)."""
+    from kd.data import load_passages, load_queries, read_trec_run
+    from kd.evaluation import check_run_ids, top_candidates
+
+    run_file = DL19 / "runs" / "BM25.top100.trec"
+    queries = load_queries(DL19 / "queries.jsonl")
+    passages = load_passages(DL19 / "corpus.jsonl.gz", show_progress=False)
+    run = read_trec_run(run_file)
+    qids = sorted(q for q in run if q in queries)
+    if not 1 <= n_queries <= len(qids):
+        raise SystemExit(f"--queries must be in [1, {len(qids)}] (DL'19 queries in {run_file}), got {n_queries}")
+    cands = top_candidates(run, qids[:n_queries], DEPTH)
+    check_run_ids(run_file, cands, queries, passages, queries_source=str(DL19 / "queries.jsonl"),
+                  passages_source=str(DL19 / "corpus.jsonl.gz"))
+    return cands, queries, passages
+
+
+def fitted_teacher(members, names, cands, queries, passages, batch_size: int):
+    """The TeacherEnsemble with a zscore Combination fitted on its members' scores of `cands` (the warm-up
+    queries' pairs: the fitted μ/σ change the scores, not the work); returns (ensemble, seconds of the fitting)."""
+    from kd.teachers import Combination, TeacherEnsemble
+
+    pairs = [(q, d) for q, docs in cands.items() for d in docs]
+    t0 = time.perf_counter()
+    scores = TeacherEnsemble(members, names).predict_members([queries[q] for q, _ in pairs],
+                                                             [passages[d] for _, d in pairs], batch_size=batch_size)
+    combination = Combination.fit("zscore", names, scores)
+    return TeacherEnsemble(members, names, combination), time.perf_counter() - t0
+
+
+def time_round(models: dict, order: list[str], cands, queries, passages, batch_size: int, runs: dict) -> None:
+    """Each row in `order` re-ranks all candidates once (fp32), timed, with the other processes' CPU share."""
+    from kd.evaluation import OtherLoad, rerank
+
+    for name in order:
+        load = OtherLoad()
+        with load:
+            t0 = time.perf_counter()
+            run = rerank(models[name], cands, queries, passages, batch_size=batch_size, precision="fp32")
+            seconds = time.perf_counter() - t0
+        scores = np.fromiter((s for docs in run.values() for s in docs.values()), np.float64)
+        if len(scores) != sum(map(len, cands.values())) or not np.isfinite(scores).all():
+            raise RuntimeError(f"{name}: re-ranking gave {len(scores)} scores, "
+                               f"{int((~np.isfinite(scores)).sum())} not finite")
+        runs[name].append({"seconds": seconds, "other_processes_cpu_share": load.share})
+
+
+def summarise(runs: list[dict], n_queries: int, threshold: float) -> dict:
+    qps = [n_queries / r["seconds"] for r in runs]
+    quiet = [n_queries / r["seconds"] for r in runs
+             if r["other_processes_cpu_share"] is not None and r["other_processes_cpu_share"] <= threshold]
+    return {"queries_per_s_best": max(qps), "queries_per_s_mean": float(np.mean(qps)),
+            "queries_per_s_best_quiet": max(quiet) if quiet else None, "quiet_runs": len(quiet),
+            "contended": not quiet, "runs": runs}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--queries", type=int, default=10, help="DL'19 queries re-ranked per timed run (top-100 each)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds (alternating row order)")
+    ap.add_argument("--warmup-queries", type=int, default=1, help="queries each row re-ranks once, untimed, first")
+    ap.add_argument("--batch-size", type=int, default=64, help="the evaluation job's default compute.batch_size")
+    ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
+    ap.add_argument("--contention-threshold", type=float, default=0.1)
+    ap.add_argument("--max-extra-repeats", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "students-cpu.json")
+    args = ap.parse_args(argv)
+    if args.repeats < 1 or not 1 <= args.warmup_queries <= args.queries:
+        ap.error("need --repeats >= 1 and 1 <= --warmup-queries <= --queries")
+    out_path = args.out.resolve()
+
+    import torch
+
+    quiet_hf()
+    started = time.perf_counter()
+    host = machine("cpu")  # loadavg_1m here is the load when the bench started
+    with tempfile.TemporaryDirectory(prefix="kd-bench-students-") as tmp:
+        placeholder = Path(tmp) / "teacher_scores.tsv"
+        placeholder.write_text("")
+        students, facts = build_students(args.archs, placeholder)
+    members, names = teacher_members()
+    cands, queries, passages = dl19_candidates(args.queries)
+    warm = dict(list(cands.items())[: args.warmup_queries])
+    teacher, fit_seconds = fitted_teacher(members, names, warm, queries, passages, args.batch_size)
+    models = {"teacher": teacher, **students}
+    rows = list(models)
+    setup_seconds = time.perf_counter() - started
+    with torch.inference_mode():
+        time_round(models, rows, warm, queries, passages, args.batch_size, {r: [] for r in rows})  # warm-up
+        runs = {r: [] for r in rows}
+        rounds = extra = 0
+        while rounds < args.repeats or (extra < args.max_extra_repeats and any(
+                summarise(runs[r], args.queries, args.contention_threshold)["contended"] for r in rows)):
+            extra += rounds >= args.repeats
+            time_round(models, rows if rounds % 2 == 0 else rows[::-1], cands, queries, passages, args.batch_size,
+                       runs)
+            rounds += 1
+            print(f"round {rounds}: " + ", ".join(f"{r} {args.queries / runs[r][-1]['seconds']:.2f} q/s" for r in rows),
+                  flush=True)
+
+    from kd.eval_models import model_info
+
+    result = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": host, "precision": "fp32",
+        "inputs": {"queries": args.queries, "depth": DEPTH, "pairs": sum(map(len, cands.values())),
+                   "qids": list(cands), "run": str((DL19 / "runs" / "BM25.top100.trec").relative_to(ROOT)),
+                   "batch_size": args.batch_size, "warmup_queries": args.warmup_queries, "repeats": args.repeats,
+                   "rounds": rounds, "contention_threshold": args.contention_threshold},
+        "path": "kd.evaluation.rerank (the evaluation job's re-rank task): Ranker.predict length-sorted pair batches; "
+                "bert_dot encodes each distinct query and passage once",
+        "note": "students untrained: fresh heads (TK: its own layers too) change the scores, not the work; "
+                "their speed is the trained students' speed; no nDCG here",
+        "models": {}, "targets": {"speedup_vs_teacher": TARGET_SPEEDUP},
+    }
+    for name, model in models.items():
+        entry = {**model_info(model), **summarise(runs[name], args.queries, args.contention_threshold)}
+        if name == "teacher":
+            entry.update(members_built_from={"bm25": str(TEACHER_CORPUS.relative_to(ROOT)),
+                                             "minilm": "all-MiniLM-L6-v2 bi-encoder (6 layers)"},
+                         combination_fit={"pairs": sum(map(len, warm.values())), "seconds": fit_seconds,
+                                          **teacher.combination.to_dict()})
+        else:
+            entry.update(facts[name])
+            if getattr(model, "contextualizer", None) is not None:  # TK: its own Transformer layers
+                entry["own_layers"] = len(model.contextualizer.layers)
+        result["models"][name] = entry
+    t = result["models"]["teacher"]
+    checks = {}
+    for arch in args.archs:
+        s = result["models"][arch]
+        best = s["queries_per_s_best"] / t["queries_per_s_best"]
+        quiet = (s["queries_per_s_best_quiet"] / t["queries_per_s_best_quiet"]
+                 if s["queries_per_s_best_quiet"] and t["queries_per_s_best_quiet"] else None)
+        s["speedup_vs_teacher"] = {"best": best, "mean": s["queries_per_s_mean"] / t["queries_per_s_mean"],
+                                   "best_quiet": quiet}
+        value = quiet if quiet is not None else best
+        checks[f"{arch}_speedup_vs_teacher"] = {"value": value, "target": TARGET_SPEEDUP,
+                                                "pass": value >= TARGET_SPEEDUP}
+    result["checks"] = checks
+    result["all_pass"] = all(c["pass"] for c in checks.values())
+    result["contended"] = any(m["contended"] for m in result["models"].values())
+    result["machine"]["loadavg_1m_end"] = os.getloadavg()[0]
+    result["seconds"] = {"setup": setup_seconds, "total": time.perf_counter() - started}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    head = f"{'model':<9} {'layers':>6} {'params':>11} {'q/s best':>9} {'q/s mean':>9} {'speed-up':>8}"
+    print(head + "\n" + "-" * len(head))
+    for name, m in result["models"].items():
+        layers = m.get("own_layers", m["num_layers"])
+        sp = m.get("speedup_vs_teacher", {}).get("best")
+        print(f"{name:<9} {layers if layers is not None else '-':>6} {m['parameters']:>11,} "
+              f"{m['queries_per_s_best']:>9.2f} {m['queries_per_s_mean']:>9.2f} "
+              f"{'-' if sp is None else f'{sp:.2f}x':>8}{' *' if m['contended'] else ''}")
+    if result["contended"]:
+        print("* no quiet run: other processes used more than "
+              f"{args.contention_threshold:.0%} of the CPU during every timed run of this row")
+    print(f"wrote {out_path} ({result['seconds']['total']:.0f} s, contended={result['contended']}, "
+          f"all_pass={result['all_pass']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
