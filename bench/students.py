@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Efficient students vs the teacher ensemble: re-ranking speed on the same machine, in the same run (issue 15.3).
 
+    python bench/students.py                     # 10 DL'19 queries x BM25 top-100 -> bench/results/students-cpu.json
     python bench/students.py --queries 1 --repeats 1 --out /tmp/students.json   # a quick look (~1 min)
-    python bench/students.py --queries 1 --repeats 1 --out /tmp/students.json      # a quick look (~1 min)
 
 Rows, all fp32 on CPU, all re-ranking through `kd.evaluation.rerank` — exactly what the evaluation job's re-rank
 task runs (`Ranker.predict`'s length-sorted batches of pairs; a single-vector dual encoder, BERT_DOT, encodes each
