@@ -25,6 +25,7 @@ import torch
 
 from kd.config import ConfigError, DistillConfig
 from kd.data import FormatError
+from kd.teachers.checks import sha256_file  # the one file digest (teacher corpora, checkpoints)
 
 logger = logging.getLogger(__name__)
 
@@ -171,14 +172,6 @@ def check_resources(cfg: DistillConfig) -> None:
 # machine — and a checkpoint is loaded only when its manifest is one the job recorded and every file matches it.
 MANIFEST = "kd_manifest.json"
 DIGEST_TAG = "kd.checkpoint_sha256.step_"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_digests(folder: Path) -> dict[str, str]:
