@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--queries", type=int, default=10, help="DL'19 queries re-ranked per timed run (top-100 each)")
     ap.add_argument("--repeats", type=int, default=2,
-                    help="timed rounds (each query once per row per round); 2: about 2 min on 2 quiet cores, 3: about 3")
+                    help="timed rounds (each query once per row per round); 2: ~2 min on 2 quiet cores, 3: ~3")
     ap.add_argument("--warmup-queries", type=int, default=1, help="queries each row re-ranks once, untimed, first")
     ap.add_argument("--batch-size", type=int, default=64, help="the evaluation job's default compute.batch_size")
     ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
