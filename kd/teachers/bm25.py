@@ -41,6 +41,14 @@ def _stemmer():
     return Stemmer.Stemmer(STEMMER)
 
 
+class CorpusChanged(ValueError):
+    """A BM25 corpus file whose sha256 is not the one the scores were made with."""
+
+    def __init__(self, actual: str, expected: str):
+        super().__init__(f"sha256 {actual[:12]}… ≠ {expected[:12]}…")
+        self.actual, self.expected = actual, expected
+
+
 class BM25Member(nn.Module):
     """Frozen, parameter-free, CPU. Build with `BM25Member.from_corpus(path)`."""
 
@@ -60,8 +68,11 @@ class BM25Member(nn.Module):
         self._stem = _stemmer()
 
     @classmethod
-    def from_corpus(cls, path: str | Path, *, use_title: bool = True, k1: float = 1.5, b: float = 0.75) -> "BM25Member":
-        """Statistics of a passages file: BEIR corpus.jsonl[.gz] (title + " " + text with use_title) or id<TAB>text."""
+    def from_corpus(cls, path: str | Path, *, use_title: bool = True, k1: float = 1.5, b: float = 0.75,
+                    expected_sha256: str | None = None) -> "BM25Member":
+        """Statistics of a passages file: BEIR corpus.jsonl[.gz] (title + " " + text with use_title) or id<TAB>text.
+        `expected_sha256` (an ensemble folder's): a corpus whose digest differs is refused before indexing (the
+        scores were defined by the old statistics); CorpusChanged carries both digests."""
         import bm25s
 
         from kd.data import load_passages
@@ -69,7 +80,9 @@ class BM25Member(nn.Module):
         path = Path(path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"BM25 corpus not found: {path}")
-        digest = sha256_file(path)
+        digest = sha256_file(path)  # once per member: the check below and corpus_digest share it
+        if expected_sha256 is not None and digest != expected_sha256:
+            raise CorpusChanged(digest, expected_sha256)
         texts = list(load_passages(path, use_title=use_title, in_memory=True, show_progress=False).values())
         if not texts:
             raise ValueError(f"{path}: the BM25 corpus holds no passage")

@@ -11,7 +11,7 @@ from torch import nn
 
 from kd.models import BertDot, HFCrossEncoder, Ranker
 from kd.models.base import CONFIG_NAME
-from kd.teachers.checks import check_member, member_label, sha256_file
+from kd.teachers.checks import check_member, member_label
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -65,14 +65,14 @@ def load_member(spec: dict) -> nn.Module:
     check_member(spec)
     kind = spec.get("kind", "cross")
     if kind == "bm25":
-        from kd.teachers.bm25 import BM25Member
+        from kd.teachers.bm25 import BM25Member, CorpusChanged
 
-        expected = spec.get("corpus_sha256")
-        if expected is not None:
-            actual = sha256_file(Path(spec["corpus"]).expanduser())
-            if actual != expected:
-                raise ValueError(f"{member_label(spec)}: corpus {spec['corpus']} changed since the ensemble was "
-                                 f"scored (sha256 {actual[:12]}… ≠ {expected[:12]}…); its BM25 statistics differ")
-        return freeze(BM25Member.from_corpus(spec["corpus"], use_title=spec.get("use_title", True),
-                                             k1=spec.get("k1", 1.5), b=spec.get("b", 0.75)))
+        try:
+            member = BM25Member.from_corpus(spec["corpus"], use_title=spec.get("use_title", True),
+                                            k1=spec.get("k1", 1.5), b=spec.get("b", 0.75),
+                                            expected_sha256=spec.get("corpus_sha256"))
+        except CorpusChanged as e:
+            raise ValueError(f"{member_label(spec)}: corpus {spec['corpus']} changed since the ensemble was "
+                             f"scored ({e}); its BM25 statistics differ") from None
+        return freeze(member)
     return load_teacher(spec["path"], kind, spec.get("max_length", 512))
