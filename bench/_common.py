@@ -30,13 +30,10 @@ def default_data_dir(marker: str) -> Path:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """kd.pipeline_summary.cpu_model (the one /proc/cpuinfo reader), else the machine type."""
+    from kd.pipeline_summary import cpu_model as kd_cpu_model
+
+    return kd_cpu_model() or platform.machine()
 
 
 def machine(device: str = "cpu") -> dict:
