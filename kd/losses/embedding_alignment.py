@@ -1,4 +1,6 @@
-"""Query-encoder distillation by embedding alignment — REFERENCE.md §3."""
+"""Query-encoder distillation by embedding alignment: Wang, Hong (2023), "Query Encoder Distillation via Embedding
+Alignment is a Strong Baseline Method to Boost Dense Retriever Online Efficiency", SustaiNLP 2023 (ACL workshop),
+pp. 290–298 — MSE between the student's and the frozen teacher's query embeddings."""
 
 from __future__ import annotations
 

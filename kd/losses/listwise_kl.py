@@ -16,7 +16,8 @@ class ListwiseKLLoss(nn.Module):
 
     This is sentence-transformers' ``DistillKLDivLoss`` convention: ``KLDivLoss(reduction=
     "batchmean")`` (sum over candidates, mean over the batch), multiplied by T² so gradient
-    magnitudes stay comparable across temperatures (Hinton et al.).
+    magnitudes stay comparable across temperatures (Hinton, Vinyals, Dean (2015), "Distilling the Knowledge in a
+    Neural Network", arXiv:1503.02531).
 
     ``forward(student_scores, teacher_scores, mask=None)``: float ``[B, n]`` tensors; ``mask``
     an optional bool ``[B, n]`` (True = valid candidate).  Masked candidates are excluded from

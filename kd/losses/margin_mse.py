@@ -1,4 +1,6 @@
-"""Margin-MSE (Hofstätter et al., cross-architecture KD) — REFERENCE.md §1."""
+"""Margin-MSE, the loss of Hofstätter, Althammer, Schröder, Sertkan, Hanbury (2020), "Improving Efficient Neural
+Ranking Models with Cross-Architecture Knowledge Distillation", arXiv:2010.02666: MSE between the student's and the
+teacher's score margins (signed; teacher scores raw)."""
 
 from __future__ import annotations
 

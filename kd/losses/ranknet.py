@@ -1,4 +1,6 @@
-"""RankNet — the no-teacher pairwise baseline of REFERENCE.md §1."""
+"""RankNet (Burges et al. (2005), "Learning to Rank using Gradient Descent", ICML): the no-teacher pairwise baseline
+that Hofstätter, Althammer, Schröder, Sertkan, Hanbury (2020), "Improving Efficient Neural Ranking Models with
+Cross-Architecture Knowledge Distillation", arXiv:2010.02666, compare Margin-MSE students against."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Standard (Hinton) KD on 2-class cross-encoder logits — REFERENCE.md §2."""
+"""Standard KD on 2-class cross-encoder logits: Hinton, Vinyals, Dean (2015), "Distilling the Knowledge in a Neural
+Network", arXiv:1503.02531, in the form Chen, He, Hui, Sun, Sun (2020), "Simplified TinyBERT: Knowledge Distillation
+for Document Retrieval", arXiv:2009.07531 (ECIR 2021) use as their baseline: α·L_soft + (1−α)·L_hard, α = 0.5."""
 
 from __future__ import annotations
 

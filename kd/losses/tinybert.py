@@ -1,4 +1,7 @@
-"""Simplified TinyBERT (one-step TinyBERT distillation for ranking) — REFERENCE.md §2."""
+"""Simplified TinyBERT: Chen, He, Hui, Sun, Sun (2020), "Simplified TinyBERT: Knowledge Distillation for Document
+Retrieval", arXiv:2009.07531 (ECIR 2021) — TinyBERT's attention and hidden-state distillation (Jiao et al. (2020),
+"TinyBERT: Distilling BERT for Natural Language Understanding", Findings of EMNLP) plus the soft and hard
+prediction-layer losses, trained in one step."""
 
 from __future__ import annotations
 
