@@ -1,4 +1,5 @@
-"""Data formats, id -> text joins, triple mining and a BM25 first stage.
+"""Data formats (kd.data.formats), id -> text lookups (kd.data.texts) and joins (kd.data.join),
+triple mining (kd.data.mining) and a BM25 first stage (kd.data.bm25).
 
 Plain Python / numpy / pyarrow / bm25s: nothing here imports ray, mlflow or deepspeed.
 The BM25 module (bm25s, PyStemmer) is imported lazily on first use of its names.
@@ -51,15 +52,7 @@ from kd.data.formats import (
     write_trec_run,
     write_triples,
 )
-from kd.data.join import (
-    JoinedTriple,
-    JoinStats,
-    TsvTextIndex,
-    join_teacher_scores,
-    join_triples,
-    load_passages,
-    load_queries,
-)
+from kd.data.join import JoinedTriple, JoinStats, join_teacher_scores, join_triples
 from kd.data.mining import (
     CandidateList,
     CandidateResult,
@@ -69,6 +62,7 @@ from kd.data.mining import (
     mine_triples,
     query_rng,
 )
+from kd.data.texts import TsvTextIndex, load_passages, load_queries
 
 _LAZY = {"BM25Index", "bm25_search", "bm25_beir"}
 

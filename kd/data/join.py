@@ -1,10 +1,10 @@
 """Join id-based training files (teacher scores, id triples) with query and passage text.
 
 Lookups are any ``Mapping`` from id to text: a plain dict (queries, BEIR corpora via
-:func:`kd.data.formats.corpus_texts`), or :class:`TsvTextIndex`, a compact memory-mapped index
-over an ``id<TAB>text`` file such as MS MARCO's 8.8M-passage ``collection.tsv`` (only offsets
-live in memory; the text is read from the page cache on access and the index pickles cheaply to
-worker processes).
+:func:`kd.data.formats.corpus_texts`), or :class:`kd.data.texts.TsvTextIndex`, a compact
+memory-mapped index over an ``id<TAB>text`` file such as MS MARCO's 8.8M-passage
+``collection.tsv``; :func:`kd.data.texts.load_queries` / :func:`~kd.data.texts.load_passages`
+pick the reader from the file name (all three are importable from here too).
 
 Passages given as BEIR documents (``{"title", "text"}`` dicts or :class:`BeirDoc`) are turned
 into text with :func:`kd.data.formats.doc_text`: ``title + title_sep + text`` when a title
@@ -24,253 +24,29 @@ weighs twice, which the user should know about, not lose.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from kd.data.formats import (
-    DUPLICATE_ID,
-    EMPTY_ID,
     UNKNOWN_PASSAGE_ID,
     UNKNOWN_QUERY_ID,
-    WRONG_COLUMNS,
     BeirDoc,
     FormatError,
     PathLike,
     ReadStats,
     TeacherScores,
-    _bad,
-    _canonical_int,
-    _check_nonempty,
-    _decode_line,
-    _finish,
-    _open_input,
-    _progress,
-    corpus_texts,
     doc_text,
     iter_teacher_scores,
     iter_triples,
-    read_beir_corpus,
-    read_beir_queries,
-    read_id_text,
 )
+from kd.data.texts import TsvTextIndex, load_passages, load_queries  # re-exported: kd.data.join names them
 
 logger = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------
-# memory-mapped id -> text index
-# --------------------------------------------------------------------------------------------
-
-
-class TsvTextIndex(Mapping[str, str]):
-    """Read-only ``Mapping`` over an ``id<TAB>text`` file, keeping only offsets in memory.
-
-    Built by one validated pass over the file (same rules and ``strict`` behaviour as
-    :func:`kd.data.formats.read_id_text`, duplicate ids included).  When every id is a
-    canonical decimal integer (MS MARCO) the keys are a sorted ``int64`` array searched with
-    ``numpy.searchsorted`` (~20 bytes per passage: 180 MB for MS MARCO); otherwise a dict from
-    id to row.  Lookups accept ``str`` or ``int`` keys.  Texts are decoded on access.
-    """
-
-    def __init__(
-        self,
-        path: PathLike,
-        *,
-        strict: bool = True,
-        stats: ReadStats | None = None,
-        show_progress: bool = True,
-    ) -> None:
-        self.path = str(path)
-        stats = stats if stats is not None else ReadStats()
-        stats.path = self.path
-        self.stats = stats
-        if self.path.endswith(".gz"):
-            raise ValueError(f"{self.path}: TsvTextIndex needs an uncompressed file (it memory-maps it)")
-        _check_nonempty(path)
-        ids: list[str] = []
-        offsets: list[int] = []
-        lengths: list[int] = []
-        size = os.path.getsize(path)
-        bar = _progress(size, f"indexing {Path(path).name}", show_progress, unit="B")
-        try:
-            with _open_input(path) as f:
-                pos = f.tell()  # 3 after a byte-order mark: offsets are into the file as it is
-                for lineno, raw in enumerate(f, 1):
-                    stats.lines += 1
-                    start = pos
-                    pos += len(raw)
-                    if lineno % 65536 == 0:
-                        bar.update(pos - bar.n)
-                    text = _decode_line(raw, lineno, path, stats, strict)  # the line rules of every reader
-                    if text is None:
-                        continue
-                    body = raw.rstrip(b"\r\n")
-                    n_tabs = body.count(b"\t")
-                    if n_tabs != 1:
-                        _bad(stats, strict, path, lineno, WRONG_COLUMNS,
-                             f"expected 2 tab-separated columns (id, text), got {n_tabs + 1}")
-                        continue
-                    tab = body.index(b"\t")
-                    pid = text.split("\t", 1)[0].strip()
-                    if not pid:
-                        _bad(stats, strict, path, lineno, EMPTY_ID)
-                        continue
-                    ids.append(pid)
-                    offsets.append(start + tab + 1)
-                    lengths.append(len(body) - tab - 1)
-        finally:
-            bar.close()
-        if stats.lines == 0:  # only a byte-order mark
-            raise FormatError("empty file", path=path, reason="empty file")
-        self._offsets = np.asarray(offsets, dtype=np.int64)
-        self._lengths = np.asarray(lengths, dtype=np.int64)
-        self._int_keys: np.ndarray | None = None
-        self._order: np.ndarray | None = None
-        self._dict: dict[str, int] | None = None
-        int_ids = [_canonical_int(x) for x in ids]
-        if ids and all(v is not None for v in int_ids):
-            keys = np.asarray(int_ids, dtype=np.int64)
-            order = np.argsort(keys, kind="stable")
-            sk = keys[order]
-            dup = np.flatnonzero(sk[1:] == sk[:-1])
-            if len(dup):
-                keep = np.ones(len(keys), dtype=bool)
-                for d in dup:  # later occurrence (in file order) is the duplicate
-                    row = order[d + 1]
-                    _bad(stats, strict, path, self._line_of(row), DUPLICATE_ID, f"id {ids[row]!r} already defined")
-                    keep[row] = False
-                keys, self._offsets, self._lengths = keys[keep], self._offsets[keep], self._lengths[keep]
-                order = np.argsort(keys, kind="stable")
-                sk = keys[order]
-            self._int_keys, self._order = sk, order
-        else:
-            d: dict[str, int] = {}
-            keep_rows = []
-            for row, pid in enumerate(ids):
-                if pid in d:
-                    _bad(stats, strict, path, self._line_of(row), DUPLICATE_ID, f"id {pid!r} already defined")
-                    continue
-                d[pid] = len(keep_rows)
-                keep_rows.append(row)
-            if len(keep_rows) != len(ids):
-                self._offsets, self._lengths = self._offsets[keep_rows], self._lengths[keep_rows]
-            self._dict = d
-        stats.records = len(self._offsets)
-        _finish(stats, "id/text lines")
-        self._mm: mmap.mmap | None = None
-        self._file = None
-
-    # -- helpers ------------------------------------------------------------------------
-    def _line_of(self, row: int) -> int:
-        """1-based line number of a row (error path only: counts newlines up to its offset)."""
-        with open(self.path, "rb") as f:
-            return f.read(int(self._offsets[row])).count(b"\n") + 1
-
-    def _map(self) -> mmap.mmap:
-        if self._mm is None:
-            self._file = open(self.path, "rb")  # noqa: SIM115
-            self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-        return self._mm
-
-    def _row(self, key: Any) -> int | None:
-        if self._int_keys is not None:
-            if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-                k = int(key)
-            else:
-                k = _canonical_int(str(key))
-                if k is None:
-                    return None
-            i = int(np.searchsorted(self._int_keys, k))
-            if i < len(self._int_keys) and self._int_keys[i] == k:
-                return int(self._order[i])
-            return None
-        assert self._dict is not None
-        return self._dict.get(str(key))
-
-    # -- Mapping protocol ---------------------------------------------------------------
-    def __getitem__(self, key: Any) -> str:
-        row = self._row(key)
-        if row is None:
-            raise KeyError(key)
-        off, n = int(self._offsets[row]), int(self._lengths[row])
-        return self._map()[off: off + n].decode("utf-8")
-
-    def __contains__(self, key: object) -> bool:
-        return self._row(key) is not None
-
-    def __len__(self) -> int:
-        return len(self._offsets)
-
-    def __iter__(self) -> Iterator[str]:
-        if self._int_keys is not None:
-            # file order
-            inv = np.empty_like(self._order)
-            inv[self._order] = np.arange(len(self._order))
-            for r in range(len(self._order)):
-                yield str(int(self._int_keys[inv[r]]))
-        else:
-            assert self._dict is not None
-            yield from self._dict
-
-    def close(self) -> None:
-        if self._mm is not None:
-            self._mm.close()
-            self._mm = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_mm"] = None
-        state["_file"] = None
-        return state
-
-    def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
-# --------------------------------------------------------------------------------------------
-# convenience loaders
-# --------------------------------------------------------------------------------------------
-
-
-def load_queries(path: PathLike, *, strict: bool = True) -> dict[str, str]:
-    """Queries from ``queries.jsonl`` (BEIR) or an ``id<TAB>text`` TSV (MS MARCO)."""
-    if str(path).endswith((".jsonl", ".jsonl.gz")):
-        return read_beir_queries(path, strict=strict)
-    return read_id_text(path, strict=strict)
-
-
-def load_passages(
-    path: PathLike,
-    *,
-    strict: bool = True,
-    in_memory: bool = False,
-    use_title: bool = True,
-    title_sep: str = " ",
-    show_progress: bool = True,
-) -> Mapping[str, str]:
-    """Passages as an id -> text mapping.
-
-    ``corpus.jsonl`` (BEIR): a dict of ``title + title_sep + text`` (see :func:`doc_text`).
-    ``id<TAB>text`` TSV: a :class:`TsvTextIndex` (or a dict with ``in_memory=True``).
-    """
-    if str(path).endswith((".jsonl", ".jsonl.gz")):
-        return corpus_texts(read_beir_corpus(path, strict=strict), use_title=use_title, sep=title_sep)
-    if in_memory or str(path).endswith(".gz"):
-        return read_id_text(path, strict=strict)
-    return TsvTextIndex(path, strict=strict, show_progress=show_progress)
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,6 +200,18 @@ def _duplicates(keys: array, lines: array) -> tuple[int, int | None]:
     return len(repeat), int(np.frombuffer(lines, dtype=np.int64)[order[repeat]].min())
 
 
+def _join_source(
+    source: Any, kind: str, queries: Mapping, passages: Mapping, strict: bool, stats: JoinStats | None,
+    use_title: bool, title_sep: str,
+) -> Iterator[JoinedTriple]:
+    """The join behind :func:`join_teacher_scores` (``kind="scores"``) and :func:`join_triples`."""
+    stats = stats if stats is not None else JoinStats()
+    records, path = _records(source, kind, strict, stats.read)
+    stats.path = path
+    return _join(records, queries, passages, with_scores=kind == "scores", strict=strict, stats=stats,
+                 use_title=use_title, title_sep=title_sep)
+
+
 def join_teacher_scores(
     source: PathLike | TeacherScores | Iterable[tuple],
     queries: Mapping[str, str],
@@ -441,11 +229,7 @@ def join_teacher_scores(
     iterable of ``(pos_score, neg_score, qid, pos_pid, neg_pid[, line])`` tuples.
     Pass ``stats=JoinStats()`` to read the counts after the iteration.
     """
-    stats = stats if stats is not None else JoinStats()
-    records, path = _records(source, "scores", strict, stats.read)
-    stats.path = path
-    return _join(records, queries, passages, with_scores=True, strict=strict, stats=stats,
-                 use_title=use_title, title_sep=title_sep)
+    return _join_source(source, "scores", queries, passages, strict, stats, use_title, title_sep)
 
 
 def join_triples(
@@ -461,11 +245,7 @@ def join_triples(
     """Yield :class:`JoinedTriple` (scores ``None``) for an id-triples file or iterable of
     ``(qid, pos_pid, neg_pid[, line])`` tuples; same missing-id handling as
     :func:`join_teacher_scores`."""
-    stats = stats if stats is not None else JoinStats()
-    records, path = _records(source, "triples", strict, stats.read)
-    stats.path = path
-    return _join(records, queries, passages, with_scores=False, strict=strict, stats=stats,
-                 use_title=use_title, title_sep=title_sep)
+    return _join_source(source, "triples", queries, passages, strict, stats, use_title, title_sep)
 
 
 __all__ = [
