@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "experiments")]
 
 import run as driver  # noqa: E402  (experiments/run.py: the rows and their commands)
+from report_verdicts import f1_verdict, f2_verdicts, f3_verdicts  # noqa: E402
 
 F1_EVAL, F2_EVAL, F3_EVAL = ("results-f1-query-encoder-eval", "results-f2-margin-mse-eval", "results-f3-tinybert-eval")
 F1_TRAIN, F2_TRAIN, F3_TRAIN = ("results-f1-query-encoder-train", "results-f2-margin-mse-train",
@@ -116,14 +117,13 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 # ======================================================================================================== F1
-def finding1(store: Store, not_run: list[str]) -> tuple[str, dict]:
-    teacher = store.get(F1_EVAL, "f1-teacher-minilm-l6", "scifact-test")
-    t_eff = store.get(F1_EVAL, "f1-teacher-minilm-l6", "f1-efficiency")
-    t_ndcg = m(teacher, "ndcg_at_10")
-    bss = (1, 16, 64)
-
+def f1_speed(store: Store, t_eff):
+    """(speed, speeds): speed(model) gives a model's query-encoding speed-up cells over the teacher at batch sizes
+    1 / 16 / 64, each against the teacher timed by the same evaluate job ("n/a†" where either timing was contended);
+    speeds collects the distilled students' speed-ups by (depth, batch size)."""
     teacher_effs = sorted((r for r in store.all_runs(F1_EVAL) if r.data.tags.get("kd.model") == "f1-teacher-minilm-l6"
                            and r.data.tags.get("kd.dataset") == "f1-efficiency"), key=lambda r: r.info.start_time)
+    speeds: dict[tuple[int, int], list[float]] = {}
 
     def same_job_teacher(e):
         """The teacher's timing from the same evaluate job: the newest teacher efficiency run started before `e`
@@ -136,7 +136,7 @@ def finding1(store: Store, not_run: list[str]) -> tuple[str, dict]:
         te = same_job_teacher(e)
         out = []
         loaded = any(r is not None and r.data.params.get("info.contended") == "True" for r in (e, te))
-        for b in bss:
+        for b in (1, 16, 64):
             s, t = m(e, f"eff_query_encode_bs{b}_qps"), m(te, f"eff_query_encode_bs{b}_qps")
             if s is not None and t is not None and loaded:
                 out.append("n/a†")  # one of the two timed while other processes used > 10% of the CPU
@@ -147,27 +147,13 @@ def finding1(store: Store, not_run: list[str]) -> tuple[str, dict]:
                     speeds.setdefault((depth, b), []).append(s / t)
         return out
 
-    speeds: dict[tuple[int, int], list[float]] = {}
+    return speed, speeds
 
-    lines = ["| row | layers kept (of 6) | SciFact nDCG@10 | % of teacher | q-enc speed-up bs1 / bs16 / bs64 | "
-             "q-enc queries/s bs1 (raw, see †) | DL'19 val nDCG@10 (end of training, BM25 top-10, 20 q) | train wall | re-run | MLflow eval run / train run |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    e = store.get(F1_EVAL, "f1-teacher-minilm-l6", "f1-efficiency")
-    lines.append(f"| teacher all-MiniLM-L6-v2 | all 6 | {f4(t_ndcg)} | {'100%' if teacher else '–'} | "
-                 f"{'1.00× / 1.00× / 1.00×' if t_eff else '– / – / –'} | "
-                 f"{num(m(e, 'eff_query_encode_bs1_qps'), 0)} | – | – | "
-                 f"{cmd('f1/teacher')} | {rid(teacher)} / – |")
-    if teacher is None:
-        not_run.append("f1/teacher")
-    u = store.get(F1_EVAL, "f1-untrained-2l-top-bottom", "scifact-test")
-    ue = store.get(F1_EVAL, "f1-untrained-2l-top-bottom", "f1-efficiency")
-    if u is None:
-        not_run.append("f1/untrained-2l-top-bottom")
-    lines.append(f"| 2 layers top-bottom, **not distilled** | {{0, 5}} | {f4(m(u, 'ndcg_at_10'))} | "
-                 f"{pct(m(u, 'ndcg_at_10') / t_ndcg if u and t_ndcg else None)} | {' / '.join(speed('f1-untrained-2l-top-bottom'))} | "
-                 f"{num(m(ue, 'eff_query_encode_bs1_qps'), 0)} | – | – | "
-                 f"{cmd('f1/untrained-2l-top-bottom')} | {rid(u)} / – |")
-    stats: dict = {"teacher": t_ndcg}
+
+def f1_student_rows(store: Store, not_run: list[str], speed, t_ndcg: float | None) -> tuple[list[str], dict]:
+    """The distilled query encoders' table rows (1-3 layers x top-bottom / uniform / bottom; 3 seeds of the headline
+    2-layer top-bottom) and their stats {(layers, scheme, seed): (nDCG@10, share of the teacher's)}."""
+    lines, stats = [], {}
     for n in (1, 2, 3):
         for scheme in ("top-bottom", "uniform", "bottom"):
             seed_rows = [0, 1, 2] if (n, scheme) == (2, "top-bottom") else [0]
@@ -190,32 +176,71 @@ def finding1(store: Store, not_run: list[str]) -> tuple[str, dict]:
                 lines.append(f"| {label} | {LAYERS[(n, scheme)]} | {f4(nd)} | {pct(ratio)} | {' / '.join(speed(model))} | "
                              f"{'–' if qps1 is None else f'{qps1:.0f}'} | {f4(m(tr, 'val_ndcg_at_10'))} | {wall(tr)} | "
                              f"{cmd(rowid)} | {rid(ev)} / {rid(tr)} |")
-    # reproducibility of the evaluation: models evaluated by more than one job
+    return lines, stats
+
+
+def f1_eval_repro(store: Store) -> tuple[int, float] | None:
+    """Reproducibility of the evaluation: (models evaluated by more than one job, the largest spread of their SciFact
+    nDCG@10), or None when no model was evaluated twice."""
     by_model: dict = {}
     for r in store.all_runs(F1_EVAL):
         if r.data.tags.get("kd.dataset") == "scifact-test" and "ndcg_at_10" in r.data.metrics:
             by_model.setdefault(r.data.tags.get("kd.model"), []).append(r.data.metrics["ndcg_at_10"])
     multi = {k: v for k, v in by_model.items() if len(v) > 1}
-    if multi:
-        stats["eval_repro"] = (len(multi), max(max(v) - min(v) for v in multi.values()))
-    stats["speeds"] = speeds
+    return (len(multi), max(max(v) - min(v) for v in multi.values())) if multi else None
+
+
+def f1_headline(store: Store, stats: dict, t_ndcg: float | None) -> str:
+    """The headline under the table (2 layers top-bottom over its seeds, against the goal and the paper); fills
+    stats["headline"] and stats["contended_any"]. Empty while no seed has been evaluated."""
     heads = [stats.get((2, "top-bottom", s)) for s in (0, 1, 2)]
     heads = [h for h in heads if h and h[0] is not None]
-    text = "\n".join(lines)
-    head = ""
-    if heads:
-        mn, sd = mean_std([h[0] for h in heads])
-        rm, rs = mean_std([h[1] for h in heads])
-        stats["headline"] = (mn, sd, rm, rs, len(heads))
-        verdict = ("**met**" if rm >= 0.95 else "**not met**")
-        head = (f"**Headline (2 layers top-bottom {{0, 5}}, {len(heads)} seeds): nDCG@10 {mn:.4f} ± {sd:.4f} "
-                f"(mean ± sample std), {100 * rm:.1f}% ± {100 * rs:.1f}% of the teacher's {t_ndcg:.4f}.** "
-                f"Goal ≥ 95% of the teacher: {verdict}. Paper (BERT-base teacher, 12 → 2 layers {{0, 11}}): SciFact "
-                f"91.6% (.557 / .608), 92.5% on average over BEIR.")
-        effs = [store.get(F1_EVAL, f"f1-qenc-2l-top-bottom-s{s}", "f1-efficiency") for s in (0, 1, 2)]
-        cont = [bool(r is not None and r.data.params.get("info.contended") == "True") for r in effs]
-        stats["contended_any"] = any(cont) or contended(store, F1_EVAL, "f1-teacher-minilm-l6", "f1-efficiency")
-    return text + ("\n\n" + head if head else ""), stats
+    if not heads:
+        return ""
+    mn, sd = mean_std([h[0] for h in heads])
+    rm, rs = mean_std([h[1] for h in heads])
+    stats["headline"] = (mn, sd, rm, rs, len(heads))
+    verdict = ("**met**" if rm >= 0.95 else "**not met**")
+    effs = [store.get(F1_EVAL, f"f1-qenc-2l-top-bottom-s{s}", "f1-efficiency") for s in (0, 1, 2)]
+    cont = [bool(r is not None and r.data.params.get("info.contended") == "True") for r in effs]
+    stats["contended_any"] = any(cont) or contended(store, F1_EVAL, "f1-teacher-minilm-l6", "f1-efficiency")
+    return (f"**Headline (2 layers top-bottom {{0, 5}}, {len(heads)} seeds): nDCG@10 {mn:.4f} ± {sd:.4f} "
+            f"(mean ± sample std), {100 * rm:.1f}% ± {100 * rs:.1f}% of the teacher's {t_ndcg:.4f}.** "
+            f"Goal ≥ 95% of the teacher: {verdict}. Paper (BERT-base teacher, 12 → 2 layers {{0, 11}}): SciFact "
+            f"91.6% (.557 / .608), 92.5% on average over BEIR.")
+
+
+def finding1(store: Store, not_run: list[str]) -> tuple[str, dict]:
+    teacher = store.get(F1_EVAL, "f1-teacher-minilm-l6", "scifact-test")
+    t_eff = store.get(F1_EVAL, "f1-teacher-minilm-l6", "f1-efficiency")
+    t_ndcg = m(teacher, "ndcg_at_10")
+    speed, speeds = f1_speed(store, t_eff)
+    lines = ["| row | layers kept (of 6) | SciFact nDCG@10 | % of teacher | q-enc speed-up bs1 / bs16 / bs64 | "
+             "q-enc queries/s bs1 (raw, see †) | DL'19 val nDCG@10 (end of training, BM25 top-10, 20 q) | train wall | re-run | MLflow eval run / train run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines.append(f"| teacher all-MiniLM-L6-v2 | all 6 | {f4(t_ndcg)} | {'100%' if teacher else '–'} | "
+                 f"{'1.00× / 1.00× / 1.00×' if t_eff else '– / – / –'} | "
+                 f"{num(m(t_eff, 'eff_query_encode_bs1_qps'), 0)} | – | – | "
+                 f"{cmd('f1/teacher')} | {rid(teacher)} / – |")
+    if teacher is None:
+        not_run.append("f1/teacher")
+    u = store.get(F1_EVAL, "f1-untrained-2l-top-bottom", "scifact-test")
+    ue = store.get(F1_EVAL, "f1-untrained-2l-top-bottom", "f1-efficiency")
+    if u is None:
+        not_run.append("f1/untrained-2l-top-bottom")
+    lines.append(f"| 2 layers top-bottom, **not distilled** | {{0, 5}} | {f4(m(u, 'ndcg_at_10'))} | "
+                 f"{pct(m(u, 'ndcg_at_10') / t_ndcg if u and t_ndcg else None)} | {' / '.join(speed('f1-untrained-2l-top-bottom'))} | "
+                 f"{num(m(ue, 'eff_query_encode_bs1_qps'), 0)} | – | – | "
+                 f"{cmd('f1/untrained-2l-top-bottom')} | {rid(u)} / – |")
+    stats: dict = {"teacher": t_ndcg}
+    rows, students = f1_student_rows(store, not_run, speed, t_ndcg)
+    lines += rows
+    stats.update(students)
+    if (repro := f1_eval_repro(store)) is not None:
+        stats["eval_repro"] = repro
+    stats["speeds"] = speeds
+    head = f1_headline(store, stats, t_ndcg)
+    return "\n".join(lines) + ("\n\n" + head if head else ""), stats
 
 
 # ======================================================================================================== F3
@@ -321,34 +346,6 @@ def finding2(store: Store, not_run: list[str]) -> tuple[str, dict]:
     return "\n".join(lines) + ("\n\n" + "<br>\n".join(heads) if heads else ""), stats
 
 
-def f2_verdicts(stats: dict) -> str:
-    out = []
-    for arch in ("bert_cat", "bert_dot", "colbert", "prettr", "tk"):
-        have = {c: stats.get((arch, c)) for c in ("nokd", "kd-t1", "kd-t2")}
-        if not all(have.values()):
-            continue
-        parts = []
-        for i, ds in enumerate(("SciFact", "DL'19")):
-            n, t1, t2 = (have[c][i] for c in ("nokd", "kd-t1", "kd-t2"))
-            parts.append(f"{ds}: KD > no-KD {'yes' if max(t1, t2) > n else 'no'} (T1 {t1 - n:+.4f}, T2 {t2 - n:+.4f}), "
-                         f"T2 ≥ T1 {'yes' if t2 >= t1 else 'no'}")
-        out.append(f"- {arch.upper()} (seed 0): " + "; ".join(parts))
-    means = stats.get("bert_dot_mean", {})
-    if all(c in means for c in ("nokd", "kd-t1", "kd-t2")):
-        parts = []
-        for i, ds in enumerate(("SciFact", "DL'19")):
-            (n, ns), (t1, s1), (t2, s2) = (means[c][i] for c in ("nokd", "kd-t1", "kd-t2"))
-            noise = max(ns, s1, s2)
-            kd_vs = ("KD better than no-KD beyond seed noise" if min(t1, t2) - n > noise else
-                     "KD worse than no-KD beyond seed noise" if max(t1, t2) - n < -noise else
-                     "KD vs no-KD within seed noise")
-            parts.append(f"{ds}: T1 − no-KD {t1 - n:+.4f}, T2 − no-KD {t2 - n:+.4f}, T2 − T1 {t2 - t1:+.4f} (largest "
-                         f"seed std {noise:.4f}: {kd_vs}; T2 ≥ T1 {'yes' if t2 >= t1 else 'no'})")
-        k = ", ".join(f"{c} {means[c][2]}" for c in ("nokd", "kd-t1", "kd-t2"))
-        out.append(f"- **BERT_DOT, seed means (headline; seeds per condition: {k})**: " + "; ".join(parts))
-    return "\n".join(out) if out else "- no architecture has all three conditions evaluated yet."
-
-
 # ======================================================================================================== plot
 def seed_points(runs: list[tuple[str, float | None, float | None, bool]]) -> list[dict]:
     """(model, x, y, contended) per evaluated model → plot points, one per condition: the seeds of a condition
@@ -368,42 +365,42 @@ def seed_points(runs: list[tuple[str, float | None, float | None, bool]]) -> lis
     return pts
 
 
-def rerank_plot(store: Store, out: Path) -> str | None:
+def draw(runs: list[tuple[str, float | None, float | None, bool]], out: Path, **labels) -> str | None:
+    """seed_points(runs) drawn by kd.evaluation.plot_tradeoff(points, out, **labels) (xlabel, ylabel, title); the
+    figure's path relative to the repository, or None (nothing drawn) when no run has both metrics."""
     from kd.evaluation import plot_tradeoff
 
+    pts = seed_points(runs)
+    if not pts:
+        return None
+    plot_tradeoff(pts, out, **labels)
+    return str(out.relative_to(REPO))
+
+
+def rerank_plot(store: Store, out: Path) -> str | None:
     runs = []
     for exp, prefix in ((F3_EVAL, "f3-"), (F2_EVAL, "f2-")):
         for (model, ds), r in store.eval_runs(exp).items():
             if model.startswith(prefix) and ds == "dl19-top20":
                 runs.append((model, m(r, "eff_rerank_bs64_qps"), m(r, "ndcg_at_10"),
                              contended(store, exp, model, f"{prefix}efficiency")))
-    pts = seed_points(runs)
-    if not pts:
-        return None
-    plot_tradeoff(pts, out, xlabel="re-ranking queries/s (100 candidates, batch 64, CPU bf16)",
-                  ylabel="nDCG@10 (DL'19, BM25 top-20 re-ranked)",
-                  title="Re-rankers of findings 2 and 3 (CPU, 2 cores; seeds: mean ± std)")
-    return str(out.relative_to(REPO))
+    return draw(runs, out, xlabel="re-ranking queries/s (100 candidates, batch 64, CPU bf16)",
+                ylabel="nDCG@10 (DL'19, BM25 top-20 re-ranked)",
+                title="Re-rankers of findings 2 and 3 (CPU, 2 cores; seeds: mean ± std)")
 
 
 def f1_plot(store: Store, out: Path) -> str | None:
     """Finding 1's figure from MLflow: SciFact nDCG@10 vs query-encoding queries/s at batch 64 (steadier than batch 1
     on a 2-core VM), one point per condition (seeds averaged), hollow when timed under load."""
-    from kd.evaluation import plot_tradeoff
-
     runs = []
     for (model, ds), r in store.eval_runs(F1_EVAL).items():
         if ds == "scifact-test":
             runs.append((model.removeprefix("f1-"), m(store.get(F1_EVAL, model, "f1-efficiency"),
                                                       "eff_query_encode_bs64_qps"),
                          m(r, "ndcg_at_10"), contended(store, F1_EVAL, model, "f1-efficiency")))
-    pts = seed_points(runs)
-    if not pts:
-        return None
-    plot_tradeoff(pts, out, xlabel="query encoding queries/s (batch 64, CPU bf16, 2 cores)",
-                  ylabel="nDCG@10 (SciFact test, teacher's index)",
-                  title="Finding 1: distilled query encoders vs the teacher (seeds: mean ± std)")
-    return str(out.relative_to(REPO))
+    return draw(runs, out, xlabel="query encoding queries/s (batch 64, CPU bf16, 2 cores)",
+                ylabel="nDCG@10 (SciFact test, teacher's index)",
+                title="Finding 1: distilled query encoders vs the teacher (seeds: mean ± std)")
 
 
 # ======================================================================================================== page
@@ -443,80 +440,6 @@ def main() -> None:
         page = page.replace("{{" + k + "}}", str(v))
     Path(args.out).write_text(page)
     print(f"wrote {args.out} ({len(not_run)} rows not run yet)")
-
-
-def f1_verdict(s1: dict) -> str:
-    h = s1.get("headline")
-    out = []
-    if h:
-        mn, sd, rm, rs, n = h
-        out.append(f"- 2-layer top-bottom keeps {100 * rm:.1f}% ± {100 * rs:.1f}% of the teacher over {n} seeds "
-                   f"(goal ≥ 95%: {'met' if rm >= 0.95 else 'not met'}; paper 91.6% on SciFact, 92.5% BEIR average).")
-    for n in (1, 2, 3):
-        row = {s: s1.get((n, s, 0)) for s in ("top-bottom", "uniform", "bottom")}
-        have = {s: v[0] for s, v in row.items() if v and v[0] is not None}
-        if n == 1 and "top-bottom" in have:
-            have["bottom"] = have["top-bottom"]
-        if len(have) == 3:
-            order = sorted(have, key=have.get, reverse=True)
-            out.append(f"- {n} layer{'s' if n > 1 else ''}, seed 0{' (bottom = top-bottom: both keep layer {0})' if n == 1 else ''}: " + " > ".join(f"{s} {have[s]:.4f}" for s in order)
-                       + (" — top-bottom best, as in the paper" if order[0] == "top-bottom" else
-                          " — top-bottom is *not* the best here (paper: top-bottom > uniform > bottom)")
-                       + (f"; the spread ({max(have.values()) - min(have.values()):.4f}) is within one seed std of the "
-                          f"2-layer headline ({h[1]:.4f})" if h and not math.isnan(h[1])
-                          and max(have.values()) - min(have.values()) <= h[1] else ""))
-    sp = s1.get("speeds") or {}
-    if sp:
-        parts = []
-        for n in (1, 2, 3):
-            cells = [f"bs{b} {min(sp[(n, b)]):.2f}–{max(sp[(n, b)]):.2f}×" for b in (1, 16, 64) if sp.get((n, b))]
-            if cells:
-                parts.append(f"{n} layer{'s' if n > 1 else ''} ({len(sp.get((n, 64), []))} students): " + ", ".join(cells))
-        out.append("- Query-encoding speed-up over the teacher (same job, uncontended timings only), range over the "
-                   "distilled students of each depth: " + "; ".join(parts) + ". Students of one depth have identical "
-                   "shapes, so the spread within a depth is timing noise of the 2-core VM, not a model difference.")
-    if s1.get("eval_repro"):
-        k, d = s1["eval_repro"]
-        out.append(f"- Re-running the evaluation: {k} models were evaluated by two separate `jobs.evaluate` runs; the "
-                   f"largest difference in SciFact nDCG@10 between them is {d:.4f} (MLflow keeps both runs; the "
-                   "table shows the newest).")
-    if s1.get("contended_any"):
-        out.append("- † Speed-up not reported: the student's or the teacher's query-encoding timing was taken while "
-                   "other processes used more than 10% of the CPU (the evaluate job measures and flags this: MLflow "
-                   "params `info.contended`, `info.other_processes_cpu_share`). The raw queries/s stay in the table "
-                   "and in MLflow, but a ratio of a loaded and an unloaded timing means nothing. Re-run "
-                   "`python experiments/run.py eval f1` on a quiet machine to fill these cells.")
-    return "\n".join(out) if out else "- not run yet."
-
-
-def f3_verdicts(s3: dict) -> str:
-    std, simp, t = s3.get("f3-3l-standard-kd"), s3.get("f3-3l-simplified-tinybert"), s3.get("f3-teacher-6l")
-    out = []
-    means = s3.get("mean", {})
-    if "standard-kd" in means and "simplified-tinybert" in means:
-        for key, what in (("dl19", "DL'19 passage re-ranking"), ("maxp", "SciFact documents, MaxP"),
-                          ("firstp", "SciFact documents, FirstP")):
-            a, b = means["standard-kd"].get(key), means["simplified-tinybert"].get(key)
-            if a is None or b is None:
-                continue
-            noise = max(a[1], b[1])
-            out.append(f"- **{what}, mean of {min(a[2], b[2])} seeds (headline)**: Simplified TinyBERT {b[0]:.4f} vs "
-                       f"standard KD {a[0]:.4f} ({b[0] - a[0]:+.4f}; largest seed std {noise:.4f}: "
-                       f"{'beyond' if abs(b[0] - a[0]) > noise else 'within'} seed noise)")
-    if std and simp and std.get("dl19") is not None and simp.get("dl19") is not None:
-        for key, what in (("dl19", "DL'19 passage re-ranking"), ("maxp", "SciFact documents, MaxP"),
-                          ("firstp", "SciFact documents, FirstP")):
-            a, b = std.get(key), simp.get(key)
-            if a is None or b is None:
-                continue
-            out.append(f"- {what}, seed 0: Simplified TinyBERT {b:.4f} vs standard KD {a:.4f} "
-                       f"({'Simplified TinyBERT better' if b > a else 'standard KD better or equal'}, {b - a:+.4f})"
-                       + (f"; teacher {t[key]:.4f}" if t and t.get(key) is not None else ""))
-    for name, v in (("teacher", t), ("standard KD", std), ("Simplified TinyBERT", simp)):
-        if v and v.get("maxp") is not None and v.get("firstp") is not None:
-            out.append(f"- {name}: MaxP {v['maxp']:.4f} vs FirstP {v['firstp']:.4f} "
-                       f"({'MaxP better' if v['maxp'] > v['firstp'] else 'FirstP better or equal'})")
-    return "\n".join(out) if out else "- not run yet."
 
 
 def status(table: str, not_run: list[str]) -> str:
