@@ -7,10 +7,9 @@ import time
 
 from kd.config import to_flat_dict
 from kd.pipeline_config import PipelineConfig
+from kd.runtime.tracking import Tag, create_run, find_or_create_run, log_params, use_experiment
 
 logger = logging.getLogger(__name__)
-
-PARENT_TAG = "mlflow.parentRunId"
 
 
 def _say(msg: str) -> None:
@@ -38,51 +37,34 @@ class Tracker:
         import mlflow
         from mlflow import MlflowClient
 
-        from kd.runtime.tracking import filter_literal, git_commit, use_experiment
-
         use_experiment(self.cfg.mlflow)
         self.client = MlflowClient()
         self.experiment_id = mlflow.get_experiment_by_name(self.cfg.mlflow.experiment).experiment_id
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`kd.pipeline` = {filter_literal(self.cfg.name)} and tags.`kd.job` = 'pipeline'",
-            order_by=["attributes.start_time DESC"], max_results=1)
-        if found:
-            self.parent_id = found[0].info.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
-            _say(f"MLflow: resuming pipeline run {self.parent_id}")
-            return
-        run = self.client.create_run(self.experiment_id, run_name=self.cfg.name, tags={
-            "kd.pipeline": self.cfg.name, "kd.job": "pipeline", "kd.git_commit": git_commit() or "unknown"})
+        key = {Tag.PIPELINE: self.cfg.name, Tag.JOB: "pipeline"}
+        run, created = find_or_create_run(self.cfg.mlflow.experiment, key, self.cfg.name,
+                                          params=to_flat_dict(self.cfg), client=self.client)
         self.parent_id = run.info.run_id
-        self.params(self.parent_id, to_flat_dict(self.cfg))
-        _say(f"MLflow: pipeline run {self.parent_id} in experiment {self.cfg.mlflow.experiment!r}")
+        if created:
+            _say(f"MLflow: pipeline run {self.parent_id} in experiment {self.cfg.mlflow.experiment!r}")
+        else:
+            _say(f"MLflow: resuming pipeline run {self.parent_id}")
 
     def child_tags(self, stage: str) -> dict[str, str]:
-        tags = {"kd.pipeline": self.cfg.name, "kd.stage": stage}
+        tags = {Tag.PIPELINE: self.cfg.name, Tag.STAGE: stage}
         if self.parent_id:
-            tags[PARENT_TAG] = self.parent_id
+            tags[Tag.PARENT] = self.parent_id
         return tags
 
     def create(self, stage: str, params: dict | None = None, tags: dict | None = None) -> str | None:
         if not self.enabled:
             return None
-        from kd.runtime.tracking import git_commit
-
-        run = self.client.create_run(self.experiment_id, run_name=f"{self.cfg.name}/{stage}", tags={
-            **self.child_tags(stage), "kd.job": f"pipeline.{stage.split('-')[0]}",
-            "kd.git_commit": git_commit() or "unknown", **(tags or {})})
-        self.open.append(run.info.run_id)
+        run = create_run(self.cfg.mlflow.experiment, f"{self.cfg.name}/{stage}", {
+            **self.child_tags(stage), Tag.JOB: f"pipeline.{stage.split('-')[0]}", **(tags or {})},
+            client=self.client)
+        self.open.append(run.info.run_id)  # before its params: a run that exists is ended with the others
         if params:
-            self.params(run.info.run_id, params)
+            log_params(params, run.info.run_id, self.client)
         return run.info.run_id
-
-    def params(self, run_id: str, params: dict) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
 
     def metrics(self, run_id: str | None, metrics: dict[str, float]) -> None:
         if run_id is None:

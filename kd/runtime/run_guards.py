@@ -25,25 +25,16 @@ import torch
 
 from kd.config import ConfigError, DistillConfig
 from kd.data import FormatError
+from kd.runtime.tracking import Tag, find_run
 from kd.teachers.checks import sha256_file  # the one file digest (teacher corpora, checkpoints)
 
 logger = logging.getLogger(__name__)
 
 
-def find_run(cfg: DistillConfig):
-    """The MLflow run of `run.name` (tag kd.run_name) in the config's experiment, or None. Read-only: it leaves the
-    process's tracking URI and experiment alone (the driver of a pipeline has its own parent run open)."""
-    from mlflow import MlflowClient
-
-    from kd.runtime.tracking import filter_literal
-
-    client = MlflowClient(cfg.mlflow.tracking_uri)
-    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
-    if experiment is None:
-        return None
-    found = client.search_runs([experiment.experiment_id], max_results=1,
-                               filter_string=f"tags.`kd.run_name` = {filter_literal(cfg.run.name)}")
-    return found[0] if found else None
+def distill_run(cfg: DistillConfig):
+    """The MLflow run of `run.name` (tag kd.run_name) in the config's experiment, or None (read-only:
+    kd.runtime.tracking.find_run)."""
+    return find_run(cfg.mlflow.experiment, {Tag.RUN_NAME: cfg.run.name}, tracking_uri=cfg.mlflow.tracking_uri)
 
 
 # ====================================================================================== one run name, one run
@@ -171,7 +162,7 @@ def check_resources(cfg: DistillConfig) -> None:
 # only the job writes — a tag of the run's MLflow run, or without MLflow a ledger file in ~/.cache/kd on rank 0's
 # machine — and a checkpoint is loaded only when its manifest is one the job recorded and every file matches it.
 MANIFEST = "kd_manifest.json"
-DIGEST_TAG = "kd.checkpoint_sha256.step_"
+DIGEST_TAG = Tag.CHECKPOINT_SHA256
 
 
 def file_digests(folder: Path) -> dict[str, str]:
@@ -248,7 +239,7 @@ def record_digest(cfg: DistillConfig, step: int, digest: str) -> None:
 def trusted_digests(cfg: DistillConfig) -> set[str]:
     """The manifest digests this run recorded (see `record_digest`)."""
     if cfg.mlflow.enabled:
-        run = find_run(cfg)
+        run = distill_run(cfg)
         return {v for k, v in (run.data.tags if run else {}).items() if k.startswith(DIGEST_TAG)}
     path = _ledger_path(cfg)
     return set(json.loads(path.read_text()).values()) if path.exists() else set()

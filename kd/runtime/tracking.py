@@ -1,4 +1,6 @@
-"""MLflow tracking helpers (runs, params, teacher identities)."""
+"""MLflow runs, one vocabulary for every job: the tag names (`Tag`), finding a run by its tags (`find_run`), starting
+one (`create_run`) or reopening a rerun's (`find_or_create_run`), params (`log_params`), the tracking server check and
+`mlflow_run` (a run that never stays RUNNING). Registered model versions: kd/runtime/registry.py."""
 from __future__ import annotations
 
 import contextlib
@@ -12,11 +14,44 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Param
 
 from kd.config import ConfigError, MLflowConfig
 from kd.runtime.interrupts import run_status
 
 logger = logging.getLogger(__name__)
+
+
+class Tag:
+    """The run tags kd writes and finds runs by (MLflow's own nesting tag included); model-version tags are plain
+    names (kd/runtime/registry.py)."""
+
+    JOB = "kd.job"  # distill | evaluate | score_teachers | sweep | pipeline | pipeline.<stage kind>
+    RUN_NAME = "kd.run_name"  # what a rerun finds its run by: a distill run.name, a reused run's name
+    GIT_COMMIT = "kd.git_commit"
+    DATASET = "kd.dataset"
+    MODE = "kd.mode"
+    TASK = "kd.task"
+    MODEL = "kd.model"
+    MODEL_URI = "kd.model_uri"
+    PIPELINE = "kd.pipeline"
+    STAGE = "kd.stage"
+    PARENT = "mlflow.parentRunId"  # nests a run under another in the MLflow UI
+    SWEEP_NAME = "kd.sweep_name"  # a sweep's parent run
+    SWEEP = "kd.sweep"  # a trial's run: its sweep
+    TRIAL_ID = "kd.trial_id"
+    SWEEP_PATH = "kd.sweep.path"
+    SWEEP_PARAMS = "kd.sweep.params"
+    MAX_CONCURRENT = "kd.sweep.max_concurrent_trials"
+    STOPPED_EARLY = "kd.sweep.stopped_early"
+    STOPPED_AT_STEP = "kd.sweep.stopped_at_step"
+    BEST_TRIAL = "kd.sweep.best_trial"
+    BEST_RUN_ID = "kd.sweep.best_run_id"
+    CHAMPION_RUN_ID = "kd.sweep.champion_run_id"
+    CHAMPION_VERSION = "kd.sweep.champion_version"
+    CHAMPION_URI = "kd.sweep.champion_uri"
+    CHECKPOINT_SHA256 = "kd.checkpoint_sha256.step_"  # + the step: a checkpoint manifest's digest (run_guards.py)
 
 # seconds the tracking server gets to answer /health: a server that answers nothing within it would otherwise cost
 # minutes of MLflow's own retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7 with backoff, MLFLOW_HTTP_REQUEST_TIMEOUT=120 s)
@@ -63,6 +98,18 @@ def tracking_uri(cfg: MLflowConfig) -> str | None:
     return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
+def absolute_tracking_uri(uri: str | None) -> str | None:
+    """`uri` with a relative sqlite path or a plain local folder made absolute (`sqlite:///mlflow.db` means the
+    working folder's mlflow.db in every process, also in Ray workers that run elsewhere); other URIs unchanged."""
+    if not uri:
+        return uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    if ":" not in uri and (uri.startswith((".", "/", "~")) or "/" in uri):  # a plain local path (file store)
+        return str(Path(uri).expanduser().resolve())
+    return uri
+
+
 _answered: set[str] = set()
 
 
@@ -103,21 +150,28 @@ def check_tracking_server(cfg: MLflowConfig, timeout: float = HEALTH_TIMEOUT_S) 
     _answered.add(uri)
 
 
-def log_params(params: dict[str, Any]) -> None:
-    """MLflow params are strings ≤ 6000 chars; None becomes "None"; batches of 100.
+def log_params(params: dict[str, Any], run_id: str | None = None, client=None) -> None:
+    """MLflow params are strings ≤ 6000 chars; None becomes "None"; batches of 100. Into `run_id` through `client`
+    (default: the process's active run, through MLflow's current tracking URI).
 
     A reopened run (a rerun of the same job) already holds params, and MLflow refuses to change one: params it
     holds with the same value are skipped, changed ones keep their first value and are named in a warning."""
     items = {k: str(v)[:6000] for k, v in params.items()}
-    run = mlflow.active_run()
-    old = mlflow.get_run(run.info.run_id).data.params if run is not None else {}
+    if run_id is None:
+        run = mlflow.active_run()
+        run_id = run.info.run_id if run is not None else None
+    client = client or MlflowClient()
+    old = client.get_run(run_id).data.params if run_id is not None else {}
     changed = sorted(k for k in items if k in old and old[k] != items[k])
     if changed:
-        logger.warning("MLflow run %s keeps the params of its first run; changed since: %s", run.info.run_id,
+        logger.warning("MLflow run %s keeps the params of its first run; changed since: %s", run_id,
                        ", ".join(f"{k} ({old[k]!r} → {items[k]!r})" for k in changed))
     new = [(k, v) for k, v in items.items() if k not in old]
     for i in range(0, len(new), 100):
-        mlflow.log_params(dict(new[i : i + 100]))
+        if run_id is None:  # no run yet: MLflow's fluent API starts one
+            mlflow.log_params(dict(new[i : i + 100]))
+        else:
+            client.log_batch(run_id, params=[Param(k, v) for k, v in new[i : i + 100]])
 
 
 def use_experiment(cfg: MLflowConfig) -> None:
@@ -137,12 +191,49 @@ def use_experiment(cfg: MLflowConfig) -> None:
     mlflow.set_experiment(cfg.experiment)
 
 
-def find_run(job: str, run_name: str) -> str | None:
-    """The id of the newest run of the active experiment tagged kd.job=`job` and kd.run_name=`run_name`."""
-    found = mlflow.search_runs(
-        filter_string=f"tags.`kd.job` = {filter_literal(job)} AND tags.`kd.run_name` = {filter_literal(run_name)}",
-        order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
-    return found[0].info.run_id if found else None
+def find_run(experiment: str, tags: dict[str, str], *, tracking_uri: str | None = None, client=None):
+    """The newest run of `experiment` holding every one of `tags` (exact values), or None. Read-only, through an
+    MlflowClient: it leaves the process's active run and experiment alone (the driver of a pipeline or a sweep has
+    its own parent run open)."""
+    client = client or MlflowClient(tracking_uri)
+    found_experiment = client.get_experiment_by_name(experiment)
+    if found_experiment is None:
+        return None
+    where = " and ".join(f"tags.`{k}` = {filter_literal(v)}" for k, v in tags.items())
+    found = client.search_runs([found_experiment.experiment_id], filter_string=where,
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0] if found else None
+
+
+def create_run(experiment: str, run_name: str, tags: dict[str, str], *, params: dict | None = None, client=None):
+    """A new run of `experiment` tagged kd.git_commit and `tags`, with `params` logged. Without `client` it is the
+    process's active run (MLflow's fluent API: the experiment is the one `use_experiment` set) and an ActiveRun is
+    returned; with one it is created through it (no active-run state: the caller's stage runtimes may start their
+    own) and the Run is returned."""
+    tags = {Tag.GIT_COMMIT: git_commit() or "unknown", **tags}
+    if client is None:
+        run = mlflow.start_run(run_name=run_name, tags=tags)
+    else:
+        experiment_id = client.get_experiment_by_name(experiment).experiment_id
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    if params:
+        log_params(params, run.info.run_id, client)
+    return run
+
+
+def find_or_create_run(experiment: str, key: dict[str, str], run_name: str, tags: dict[str, str] | None = None, *,
+                       params: dict | None = None, client=None) -> tuple[Any, bool]:
+    """(run, created): the newest run of `experiment` tagged `key`, reopened (RUNNING again), or a new one tagged
+    `tags` and `key` with `params` logged (`create_run`; `client` as there). A rerun of a job, a restarted worker
+    group, a resumed sweep or pipeline continue the run their first start made."""
+    found = find_run(experiment, key, client=client)
+    if found is None:
+        return create_run(experiment, run_name, {**(tags or {}), **key}, params=params, client=client), True
+    if client is None:
+        return mlflow.start_run(run_id=found.info.run_id), False
+    if found.info.status != "RUNNING":
+        client.update_run(found.info.run_id, status="RUNNING")
+    return found, False
 
 
 @contextlib.contextmanager
@@ -158,12 +249,12 @@ def mlflow_run(cfg: MLflowConfig, run_name: str, tags: dict[str, str] | None = N
         return
     use_experiment(cfg)
     name = cfg.run_name or run_name
-    all_tags = {"kd.git_commit": git_commit() or "unknown", **(tags or {})}
-    run_id = None
+    tags = dict(tags or {})
     if reuse:
-        all_tags["kd.run_name"] = name
-        run_id = find_run(all_tags.get("kd.job", ""), name)
-    run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=name, tags=all_tags)
+        key = {Tag.JOB: tags.get(Tag.JOB, ""), Tag.RUN_NAME: name}
+        run, _ = find_or_create_run(cfg.experiment, key, name, tags)
+    else:
+        run = create_run(cfg.experiment, name, tags)
     try:
         yield run
     except BaseException as exc:
