@@ -11,7 +11,7 @@ __all__ = ["load"]
 
 def __getattr__(name: str) -> Any:  # PEP 562: lazy, so `import kd.config` stays fast
     if name == "load":
-        from kd.registry import load
+        from kd.runtime.registry import load
 
         return load
     raise AttributeError(f"module 'kd' has no attribute {name!r}")

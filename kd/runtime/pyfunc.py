@@ -105,8 +105,8 @@ def inside_artifact(root: Path, rel: object, what: str) -> Path:
     """`root / rel`, resolved, refused (ValueError naming `what` and the value) unless it stays inside `root`.
 
     An MLmodel is data from the artifact store, not from this process: an absolute path or one climbing out with `..`
-    (or a symlink leading out) made kd.registry.fetch `os.replace` a folder from outside the artifact into its cache.
-    Links inside the folder must stay inside too, or loading would read files from elsewhere."""
+    (or a symlink leading out) made kd.runtime.registry.fetch `os.replace` a folder from outside the artifact into its
+    cache. Links inside the folder must stay inside too, or loading would read files from elsewhere."""
     base = Path(root).resolve()
     if not isinstance(rel, str) or not rel.strip():
         raise ValueError(f"{what} = {rel!r} is not a path inside the artifact")
