@@ -1,4 +1,6 @@
 """jobs/distill.py runtime: Ray Train V2 TorchTrainer → per-worker DeepSpeed loop → MLflow run + model registry.
+This module is the driver (paths, the DeepSpeed config, the checks before Ray, the trainer); the per-worker loop is
+kd/runtime/distill_worker.py.
 
 Per worker: the student, loss and (frozen) teacher are built identically on every rank (same seed), wrapped in a
 `DistillStep` and handed to `deepspeed.initialize` (Ray already made the process group: gloo on CPU, NCCL on GPU).
@@ -13,17 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
-import tempfile
-import time
 from pathlib import Path
 
-import torch
-
-from kd.config import DistillConfig, to_flat_dict
-from kd.runtime.run_guards import (check_resources, check_resumable, check_same_run, file_digests, find_run,
-                                   run_folder, run_lock, seal_checkpoint, verify_restored)
+from kd.config import DistillConfig
+from kd.runtime.run_guards import check_resources, check_resumable, check_same_run, distill_run, run_folder, run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -82,213 +77,6 @@ def _generated_deepspeed_config(cfg: DistillConfig, total_steps: int) -> dict:
     }
 
 
-def _mlflow_start(cfg: DistillConfig, extra_tags: dict | None = None):
-    import mlflow
-
-    from kd.runtime.tracking import git_commit, log_params, use_experiment
-
-    use_experiment(cfg.mlflow)
-    found = find_run(cfg)
-    name = cfg.mlflow.run_name or cfg.run.name
-    if found:  # a restarted worker group (or a rerun with the same name) continues the same MLflow run
-        return mlflow.start_run(run_id=found.info.run_id)
-    run = mlflow.start_run(run_name=name, tags={
-        "kd.run_name": cfg.run.name, "kd.job": "distill", "kd.mode": cfg.mode,
-        "kd.git_commit": git_commit() or "unknown", "kd.dataset": cfg.registry.dataset_tag or "",
-        **(extra_tags or {}),  # e.g. a sweep's mlflow.parentRunId (the run is nested under the sweep's run)
-    })
-    log_params(to_flat_dict(cfg))
-    return run
-
-
-def _register(cfg: DistillConfig, folder: Path, metrics: dict) -> dict:
-    from mlflow import MlflowClient
-
-    from kd.runtime.pyfunc import log_ranker
-    from kd.runtime.tracking import git_commit
-
-    name = cfg.registry.name
-    info = log_ranker(folder, registered_name=name)
-    out = {"model_uri": info.model_uri}
-    if name:
-        version = str(info.registered_model_version)
-        client = MlflowClient()
-        client.set_registered_model_alias(name, cfg.registry.alias, version)
-        tags = {"git_commit": git_commit() or "unknown", "dataset": cfg.registry.dataset_tag or "",
-                "run_name": cfg.run.name, "architecture": cfg.student.architecture, "mode": cfg.mode,
-                **{f"val_{k}": f"{v:.6f}" for k, v in metrics.items()}}
-        for k, v in tags.items():
-            client.set_model_version_tag(name, version, k, v)
-        out.update(registered_name=name, registered_version=version, alias=cfg.registry.alias)
-    return out
-
-
-def train_loop_per_worker(config: dict) -> None:
-    import deepspeed
-    import ray.train
-    import torch.distributed as dist
-    from safetensors.torch import load_file
-
-    from kd.training import DistillStep, Validator, build_loss, build_student, load_examples, load_teacher_model
-    from kd.training import metric_key, rank_batches, validation_scorer
-
-    cfg = DistillConfig.model_validate(config["cfg"])
-    t = cfg.training
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = torch.device(f"cuda:{ctx.get_local_rank()}") if t.use_gpu else torch.device("cpu")
-    if t.use_gpu:
-        torch.cuda.set_device(device)
-    else:  # Ray pins OMP_NUM_THREADS=1 per worker; use the CPUs this worker reserved
-        torch.set_num_threads(max(1, int(t.cpus_per_worker)))
-    bf16 = bool(t.use_gpu and t.bf16)
-
-    torch.manual_seed(t.seed)  # identical initial student (and heads) on every rank
-    teacher = load_teacher_model(cfg)
-    student = build_student(cfg, teacher)
-    module = DistillStep(cfg.mode, student, build_loss(cfg, student, teacher), teacher if cfg.mode in
-                         ("in_loop", "embedding") else None)
-    if module.teacher is not None:
-        module.teacher.to(device=device, dtype=torch.bfloat16 if bf16 else torch.float32)
-    examples = load_examples(cfg)
-    mb, ga = t.micro_batch_size, t.gradient_accumulation_steps
-    per_epoch_batches = len(rank_batches(len(examples), 0, t.seed, rank, world, mb))
-    steps_per_epoch = per_epoch_batches // ga
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(examples)} examples are too few for {world} workers × micro_batch_size {mb} × "
-                         f"gradient_accumulation_steps {ga}")
-    total_steps = steps_per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, steps_per_epoch * t.epochs)
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=module, model_parameters=[p for p in module.parameters() if p.requires_grad],
-        config=deepspeed_config(cfg, total_steps),
-    )
-    validator = Validator(cfg, rank, world) if cfg.validation.run else None
-    target = metric_key(cfg.validation.metric)
-
-    step, best, best_state, best_metrics = 0, -math.inf, None, {}
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            verify_restored(cfg, Path(d), rank, device)  # before anything unpickles it
-            _, client = engine.load_checkpoint(d, tag="ds")
-            step, best, best_metrics = client["step"], client["best"], client["best_metrics"]
-            if rank == 0 and (Path(d) / "best_student" / "model.safetensors").exists():
-                best_state = load_file(str(Path(d) / "best_student" / "model.safetensors"))
-        logger.info("rank %d resumed at step %d (best %s)", rank, step, best)
-
-    storage = Path(cfg.run.storage_path) / cfg.run.name
-    if step >= total_steps and (storage / "final.json").exists():  # a finished run: nothing to train or register
-        logger.info("run %s already finished at step %d", cfg.run.name, step)
-        done = json.loads((storage / "final.json").read_text())
-        ray.train.report({k: v for k, v in done.items() if isinstance(v, (int, float, str))})
-        return
-    run = _mlflow_start(cfg, config.get("mlflow_tags")) if rank == 0 and cfg.mlflow.enabled else None
-    import mlflow
-
-    fault = t.fault_injection
-    marker = storage / ".fault_injected"
-
-    def save_best_student(folder: Path) -> Path:
-        if best_state is not None:
-            snapshot = module.student
-            current = {k: v.detach().cpu().clone() for k, v in snapshot.state_dict().items()}
-            snapshot.load_state_dict(best_state)
-            snapshot.save_pretrained(folder)
-            snapshot.load_state_dict(current)
-        else:
-            module.student.save_pretrained(folder)
-        return folder
-
-    def validate() -> dict[str, float]:
-        scorer = validation_scorer(module, cfg.validation.batch_size)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            part = validator.partial_run(scorer)
-        parts = [None] * world
-        dist.all_gather_object(parts, part)
-        merged = {q: docs for p in parts for q, docs in p.items()}
-        return validator.metrics(merged)
-
-    def checkpoint(metrics: dict) -> None:
-        with tempfile.TemporaryDirectory(prefix=f"kd-ckpt-r{rank}-") as tmp:
-            (Path(tmp) / "ds").mkdir()
-            engine.save_checkpoint(tmp, tag="ds", client_state={
-                "step": step, "best": best, "best_metrics": best_metrics})
-            if rank == 0:
-                save_best_student(Path(tmp) / "best_student")
-                (Path(tmp) / "kd_progress.json").write_text(json.dumps({"step": step, **metrics}) + "\n")
-            per_rank = [None] * world
-            dist.all_gather_object(per_rank, file_digests(Path(tmp)))
-            if rank == 0:
-                seal_checkpoint(cfg, Path(tmp), step, per_rank)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-    engine.train()
-    losses: list[float] = []
-    t_last, seen_since = time.perf_counter(), 0
-    while step < total_steps:
-        epoch = step // steps_per_epoch
-        batches = rank_batches(len(examples), epoch, t.seed, rank, world, mb)[: steps_per_epoch * ga]
-        for bi in range((step - epoch * steps_per_epoch) * ga, len(batches)):
-            torch.manual_seed(t.seed * 1_000_003 + rank * 10_007 + epoch * 100_003 + bi)  # dropout: f(step, rank)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                loss = engine(examples.batch(batches[bi]))
-            engine.backward(loss)
-            engine.step()
-            losses.append(float(loss.detach()))
-            seen_since += len(batches[bi])
-            if (bi + 1) % ga:
-                continue
-            step += 1
-            if fault is not None and rank == fault.rank and step == fault.at_step and not marker.exists():
-                storage.mkdir(parents=True, exist_ok=True)
-                marker.write_text(f"worker rank {rank} killed at step {step}\n")
-                logger.error("fault injection: killing worker rank %d at step %d", rank, step)
-                os._exit(1)
-            metrics: dict = {"step": step, "total_steps": total_steps}  # total_steps: lets callbacks spot the end
-            if step % t.log_every == 0 or step == total_steps:
-                mean_loss = torch.tensor([sum(losses) / max(len(losses), 1)], dtype=torch.float64)
-                dist.all_reduce(mean_loss)
-                elapsed = time.perf_counter() - t_last
-                metrics.update(loss=mean_loss.item() / world, lr=scheduler.get_last_lr()[0],
-                               examples_per_second=seen_since * world / max(elapsed, 1e-9))
-                losses, t_last, seen_since = [], time.perf_counter(), 0
-                if run is not None:
-                    mlflow.log_metrics({k: v for k, v in metrics.items() if k not in ("step", "total_steps")},
-                                       step=step)
-            validating = validator is not None and (step % cfg.validation.every_steps == 0 or step == total_steps)
-            if validating:
-                engine.eval()
-                val = validate()
-                engine.train()
-                metrics.update({f"val_{k}": v for k, v in val.items()})
-                if val[target] > best:
-                    best, best_metrics = val[target], val
-                    if rank == 0:
-                        best_state = {k: v.detach().cpu().clone() for k, v in module.student.state_dict().items()}
-                if run is not None:
-                    mlflow.log_metrics({f"val_{k}": v for k, v in val.items()}, step=step)
-            if validating or step % t.checkpoint_every == 0 or step == total_steps:
-                checkpoint(metrics)
-            if step >= total_steps:
-                break
-    final = {"step": step, "best_" + target: best if validator else float("nan"),
-             **{f"best_val_{k}": v for k, v in best_metrics.items()}}
-    if rank == 0:
-        # the best student (the last one without validation), saved once, as a plain kd folder at a fixed path (the
-        # example configs score_teachers_scifact.yaml and tinybert_scifact.yaml name <storage>/<run>/final_model as
-        # a teacher); the pyfunc model logged from it carries the same folder into MLflow and the registry
-        storage.mkdir(parents=True, exist_ok=True)
-        folder = save_best_student(storage / "final_model")
-        final["final_model"] = str(folder)
-        if run is not None:
-            final.update(_register(cfg, folder, best_metrics))
-            mlflow.log_metric("best_" + target, final["best_" + target])
-            final["mlflow_run_id"] = run.info.run_id
-            mlflow.end_run()
-        (storage / "final.json").write_text(json.dumps(final, indent=2, default=str) + "\n")
-    ray.train.report({k: v for k, v in final.items() if isinstance(v, (int, float, str))})
-
-
 def distill(cfg: DistillConfig, *, callbacks=(), mlflow_tags: dict[str, str] | None = None) -> dict:
     """Run a distillation job; returns rank 0's final metrics (registry version, best validation metric, ...).
 
@@ -323,7 +111,7 @@ def _end_open_run(cfg: DistillConfig, exc: BaseException) -> None:
     from kd.runtime.interrupts import run_status
 
     try:
-        run = find_run(cfg)
+        run = distill_run(cfg)
         if run is not None and run.info.status == "RUNNING":
             MlflowClient(cfg.mlflow.tracking_uri).set_terminated(run.info.run_id, status=run_status(exc))
     except Exception:  # noqa: BLE001 - never hide the job's own error behind a tracking one
@@ -335,6 +123,7 @@ def _distill_locked(cfg: DistillConfig, callbacks, mlflow_tags: dict[str, str] |
     from ray.train.torch import TorchTrainer
 
     from kd.runtime.cluster import ensure_ray
+    from kd.runtime.distill_worker import train_loop_per_worker
     from kd.runtime.interrupts import keep_signal_handlers
 
     t = cfg.training

@@ -25,7 +25,8 @@ from typing import Any, Callable
 from kd.config import fingerprint, to_flat_dict
 from kd.pipeline_config import PipelineConfig, materialized, student_label
 from kd.pipeline_summary import build_summary, format_table, rerank_depth
-from kd.runtime.pipeline_tracking import PARENT_TAG, Tracker, _say
+from kd.runtime.pipeline_tracking import Tracker, _say
+from kd.runtime.tracking import Tag, absolute_tracking_uri, tracking_uri
 
 # ------------------------------------------------------------------------------------------------ set-up
 def absolute(cfg: PipelineConfig) -> PipelineConfig:
@@ -42,15 +43,8 @@ def absolute(cfg: PipelineConfig) -> PipelineConfig:
         for key in ("path", "corpus"):
             if t.get(key) and Path(t[key]).expanduser().exists():
                 t[key] = str(Path(t[key]).expanduser().resolve())
-    d["mlflow"]["tracking_uri"] = absolute_tracking_uri(cfg.mlflow.tracking_uri)
+    d["mlflow"]["tracking_uri"] = absolute_tracking_uri(tracking_uri(cfg.mlflow))
     return PipelineConfig.model_validate(d)
-
-
-def absolute_tracking_uri(uri: str | None) -> str | None:
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    return uri
 
 
 def _jsonable(obj: Any) -> Any:
@@ -180,7 +174,7 @@ class Pipeline:
             if result["summary"] is not None:
                 self.tracker.client.log_dict(self.tracker.parent_id, result["summary"], "summary.json")
             if result.get("model_uri"):
-                self.tracker.client.set_tag(self.tracker.parent_id, "kd.model_uri", result["model_uri"])
+                self.tracker.client.set_tag(self.tracker.parent_id, Tag.MODEL_URI, result["model_uri"])
             self.tracker.end(self.tracker.parent_id)
         return result
 
@@ -202,7 +196,7 @@ class Pipeline:
         """A given hub/HF cross-encoder, saved once as a kd folder (evaluation then loads it as a cross-encoder)."""
         from kd.teachers import load_cross_encoder_teacher
 
-        run_id = self.tracker.create(f"teacher-{t.name}", params={f"teacher.{k}": v for k, v in t.model_dump().items()})
+        run_id = self.tracker.create(f"teacher-{t.name}", params=to_flat_dict(t, prefix="teacher."))
         dst = self.cfg.teacher_dir(t.name)
         tmp = dst.with_name(dst.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -266,11 +260,11 @@ class Pipeline:
         if run_id is not None:  # nest the per-(model, dataset) runs under this stage's run
             prefix = f"{cfg.name}/evaluate/"
             for r in self.tracker.client.search_runs(
-                    [self.tracker.experiment_id], filter_string=f"tags.`kd.job` = 'evaluate' and "
+                    [self.tracker.experiment_id], filter_string=f"tags.`{Tag.JOB}` = 'evaluate' and "
                     f"attributes.start_time >= {started}", max_results=1000):
                 if (r.info.run_name or "").startswith(prefix):
-                    self.tracker.client.set_tag(r.info.run_id, PARENT_TAG, run_id)
-                    self.tracker.client.set_tag(r.info.run_id, "kd.pipeline", cfg.name)
+                    self.tracker.client.set_tag(r.info.run_id, Tag.PARENT, run_id)
+                    self.tracker.client.set_tag(r.info.run_id, Tag.PIPELINE, cfg.name)
             from kd.training import metric_key
 
             self.tracker.metrics(run_id, {f"{r['model'] or 'baseline'}.{r['dataset']}.{metric_key(k)}": v
@@ -298,7 +292,11 @@ class Pipeline:
         return best, finals[best]
 
     def register(self) -> dict:
+        """The chosen student's registered version (copied to `register.name` when that differs), tagged with the
+        pipeline, the student and its evaluation (and what KD gained over its twin), under `register.alias`."""
         from mlflow import MlflowClient
+
+        from kd.runtime.registry import publish_version
 
         cfg, reg = self.cfg, self.cfg.registration
         if not self.tracker.enabled:
@@ -313,7 +311,6 @@ class Pipeline:
         if target != src_name:
             mv = client.copy_model_version(f"models:/{src_name}/{version}", target)
             version = str(mv.version)
-        client.set_registered_model_alias(target, reg.alias, version)
         tags = {"pipeline": cfg.name, "student": name, "source": f"models:/{src_name}/{final.get('registered_version')}"}
         if reg.dataset_tag:
             tags["dataset"] = reg.dataset_tag
@@ -326,10 +323,8 @@ class Pipeline:
             summ = self.summarize(rows, registered_student=student_label(name))
             for key in ("kd_gain", "ratio_to_teacher"):
                 tags.update({f"eval.{d}.{key}": f"{v:.6f}" for d, v in summ[key].items()})
-        for k, v in tags.items():
-            client.set_model_version_tag(target, version, k, v)
-        uri = f"models:/{target}@{reg.alias}"
-        run_id = self.tracker.create("register", tags={"kd.model_uri": uri})
+        uri = publish_version(target, version, reg.alias, tags, client=client)
+        run_id = self.tracker.create("register", tags={Tag.MODEL_URI: uri})
         self.tracker.end(run_id)
         _say(f"  registered {uri} (version {version}, student {name!r})")
         return {"model_uri": uri, "name": target, "version": version, "student": name, "mlflow_run_id": run_id}

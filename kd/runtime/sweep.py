@@ -36,6 +36,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from kd.config import ConfigError, DistillConfig
 from kd.config import fingerprint as config_fingerprint
+from kd.runtime.tracking import Tag
 from kd.sweep_config import Dimension, SweepConfig, apply_params, expected_trials, max_concurrent
 
 logger = logging.getLogger(__name__)
@@ -86,8 +87,8 @@ def _trial(config: dict, spec: dict) -> None:
         ray.tune.report({**{k: v for k, v in final.items() if isinstance(v, (int, float, str))},
                          spec["tune_metric"]: final.get("best_" + spec["tune_metric"]), "completed": 1})
         return
-    tags = {"mlflow.parentRunId": spec["parent_run_id"], "kd.sweep": spec["sweep"], "kd.trial_id": trial_id,
-            "kd.sweep.params": json.dumps(config["params"], sort_keys=True)[:5000]}
+    tags = {Tag.PARENT: spec["parent_run_id"], Tag.SWEEP: spec["sweep"], Tag.TRIAL_ID: trial_id,
+            Tag.SWEEP_PARAMS: json.dumps(config["params"], sort_keys=True)[:5000]}
     distill(cfg, callbacks=[ValidationToTune(spec["tune_metric"])], mlflow_tags=tags)
 
 
@@ -103,14 +104,6 @@ def trial_distill_config(spec: dict, params: dict, trial_id: str) -> DistillConf
 
 
 # =========================================================================================== driver side
-def _abs_tracking_uri(uri: str) -> str:
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    if ":" not in uri and (uri.startswith((".", "/", "~")) or "/" in uri):  # a plain local path (file store)
-        return str(Path(uri).expanduser().resolve())
-    return uri
-
-
 def prepare_base(sweep: SweepConfig, tracking_uri: str | None) -> dict:
     """The trials' common distill config: absolute paths, the sweep's MLflow experiment (nested runs must share
     it), no registration per trial (only the champion is registered), validation selecting on the sweep metric."""
@@ -142,33 +135,25 @@ def _tune_domain(dim: Dimension):
     return getattr(tune, dim.kind)(*dim.args)
 
 
-def _parent_run(sweep: SweepConfig, client, experiment_id: str, exp_path: Path) -> str:
-    from kd.runtime.tracking import filter_literal, git_commit
+def _parent_run(sweep: SweepConfig, client, exp_path: Path) -> str:
+    """The sweep's parent run: a resumed sweep's (tag kd.sweep_name), RUNNING again, or a new one with the sweep's
+    settings as params and its config as sweep_config.yaml."""
+    from kd.runtime.tracking import find_or_create_run
 
-    found = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`kd.sweep_name` = {filter_literal(sweep.name)} and tags.`kd.job` = 'sweep'",
-        max_results=1)
-    if found:
-        run_id = found[0].info.run_id
-        if found[0].info.status != "RUNNING":
-            client.update_run(run_id, status="RUNNING")
-        return run_id
-    run = client.create_run(experiment_id, run_name=sweep.name, tags={
-        "kd.sweep_name": sweep.name, "kd.job": "sweep", "kd.git_commit": git_commit() or "unknown",
-        "kd.sweep.path": str(exp_path), "kd.dataset": sweep.registry.dataset_tag or ""})
-    run_id = run.info.run_id
     params = {"sweep.metric": sweep.target_metric, "sweep.num_samples": sweep.num_samples,
               "sweep.scheduler": sweep.scheduler.name, "sweep.grace_period": sweep.scheduler.grace_period,
               "sweep.reduction_factor": sweep.scheduler.reduction_factor, "sweep.max_t": sweep.max_t,
               "sweep.seed": sweep.seed, "sweep.registry.name": sweep.registry.name,
               "sweep.registry.alias": sweep.registry.alias}
     for key, dim in sweep.search_space.items():
-        params[f"space.{key}"] = json.dumps({dim.kind: dim.args})[:6000]
-    for k, v in params.items():
-        client.log_param(run_id, k, str(v))
-    client.log_text(run_id, yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False), "sweep_config.yaml")
-    return run_id
+        params[f"space.{key}"] = json.dumps({dim.kind: dim.args})
+    run, created = find_or_create_run(
+        sweep.mlflow.experiment, {Tag.SWEEP_NAME: sweep.name, Tag.JOB: "sweep"}, sweep.name,
+        {Tag.SWEEP_PATH: str(exp_path), Tag.DATASET: sweep.registry.dataset_tag or ""}, params=params, client=client)
+    if created:
+        client.log_text(run.info.run_id, yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False),
+                        "sweep_config.yaml")
+    return run.info.run_id
 
 
 def _connect_ray() -> None:
@@ -223,13 +208,12 @@ def run_sweep(sweep: SweepConfig) -> dict:
     import mlflow
     from mlflow import MlflowClient
 
-    from kd.runtime.tracking import use_experiment
+    from kd.runtime.tracking import absolute_tracking_uri, use_experiment
 
     use_experiment(sweep.mlflow)
-    tracking_uri = _abs_tracking_uri(mlflow.get_tracking_uri())
+    tracking_uri = absolute_tracking_uri(mlflow.get_tracking_uri())
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    experiment_id = mlflow.get_experiment_by_name(sweep.mlflow.experiment).experiment_id
 
     exp_path = Path(sweep.storage_path).expanduser().resolve() / sweep.name
     state_file = exp_path / STATE_FILE
@@ -242,7 +226,7 @@ def run_sweep(sweep: SweepConfig) -> dict:
                 f"(fingerprint {saved.get('fingerprint')} != {fp}); a sweep resumes only unchanged — pick a new "
                 "name, or remove that folder to start over")
     exp_path.mkdir(parents=True, exist_ok=True)
-    parent_id = _parent_run(sweep, client, experiment_id, exp_path)
+    parent_id = _parent_run(sweep, client, exp_path)
     try:
         return _run_tuner(sweep, client, exp_path, fp, state_file, tracking_uri, parent_id)
     except BaseException as exc:  # Ctrl+C / SIGTERM → KILLED, an error → FAILED: never left RUNNING
@@ -273,7 +257,7 @@ def _run_tuner(sweep: SweepConfig, client, exp_path: Path, fp: str, state_file: 
     concurrent = max_concurrent(sweep, cluster)
     logger.info("sweep %s: %s trials at a time on %s", sweep.name, concurrent,
                 {k: v for k, v in cluster.items() if k in ("CPU", "GPU")})
-    client.set_tag(parent_id, "kd.sweep.max_concurrent_trials", str(concurrent))
+    client.set_tag(parent_id, Tag.MAX_CONCURRENT, str(concurrent))
     driver = sweep.trial_driver
     resources = {"cpu": driver.cpus, "memory": driver.memory_mb * 2**20, **driver.resources}
     trainable = tune.with_resources(tune.with_parameters(_trial, spec=spec), resources)
@@ -311,11 +295,10 @@ def _run_tuner(sweep: SweepConfig, client, exp_path: Path, fp: str, state_file: 
 def _trial_records(sweep: SweepConfig, exp_path: Path, spec: dict, client) -> list[dict]:
     from ray import tune
 
-    from kd.runtime.tracking import filter_literal
+    from kd.runtime.tracking import find_run
 
     analysis = tune.ExperimentAnalysis(str(exp_path))
     metric = sweep.tune_metric
-    experiment_id = client.get_experiment_by_name(sweep.mlflow.experiment).experiment_id
     records = []
     for trial in analysis.trials:
         tid = trial.trial_id
@@ -333,13 +316,12 @@ def _trial_records(sweep: SweepConfig, exp_path: Path, spec: dict, client) -> li
             status, best = "error", max(values) if values else None
         else:
             status, best = "unfinished", max(values) if values else None
-        runs = client.search_runs([experiment_id], filter_string=f"tags.`kd.run_name` = {filter_literal(run_name)}",
-                                   max_results=1)
+        run = find_run(sweep.mlflow.experiment, {Tag.RUN_NAME: run_name}, client=client)
         records.append({
             "trial_id": tid, "status": status, metric: best, "steps": int(max(steps)) if steps else 0,
             "validations": len(values), "params": (trial.config or {}).get("params", {}),
-            "run_name": run_name, "mlflow_run_id": runs[0].info.run_id if runs else None,
-            "run_status": runs[0].info.status if runs else None,
+            "run_name": run_name, "mlflow_run_id": run.info.run_id if run else None,
+            "run_status": run.info.status if run else None,
             "model_uri": (final or {}).get("model_uri"), "error": str(getattr(trial, "error_file", None) or "") if status == "error" else "",
         })
     return records
@@ -374,8 +356,8 @@ def summarize(sweep: SweepConfig, exp_path: Path, spec: dict, client, parent_id:
     not_started = max(0, expected_trials(sweep) - len(records))
     for r in records:  # the killed workers of ASHA-stopped trials never closed their MLflow runs
         if r["status"] == "stopped_early" and r["mlflow_run_id"]:
-            client.set_tag(r["mlflow_run_id"], "kd.sweep.stopped_early", "true")
-            client.set_tag(r["mlflow_run_id"], "kd.sweep.stopped_at_step", str(r["steps"]))
+            client.set_tag(r["mlflow_run_id"], Tag.STOPPED_EARLY, "true")
+            client.set_tag(r["mlflow_run_id"], Tag.STOPPED_AT_STEP, str(r["steps"]))
             if r[metric] is not None:
                 client.log_metric(r["mlflow_run_id"], "best_" + metric.removeprefix("val_"), r[metric])
             if r["run_status"] == "RUNNING":
@@ -409,8 +391,8 @@ def summarize(sweep: SweepConfig, exp_path: Path, spec: dict, client, parent_id:
                            f"{exp_path}")
     best = sorted(scored, key=lambda r: (-r[metric], r["status"] != "completed", r["trial_id"]))[0]
     client.log_metric(parent_id, "best_" + metric, best[metric])
-    client.set_tag(parent_id, "kd.sweep.best_trial", best["trial_id"])
-    client.set_tag(parent_id, "kd.sweep.best_run_id", best["mlflow_run_id"] or "")
+    client.set_tag(parent_id, Tag.BEST_TRIAL, best["trial_id"])
+    client.set_tag(parent_id, Tag.BEST_RUN_ID, best["mlflow_run_id"] or "")
     out["best"] = {k: best[k] for k in ("trial_id", metric, "status", "params", "mlflow_run_id", "run_name")}
     if sweep.registry.name:
         out["champion"] = register_champion(sweep, best, spec, client, parent_id)
@@ -447,38 +429,28 @@ def register_champion(sweep: SweepConfig, record: dict, spec: dict, client, pare
     """Register the best trial's logged model as a new version of `registry.name` and point the alias at it.
     The previous champion keeps its version (and is named in the new version's tags). Idempotent per sweep."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    from kd.runtime.tracking import git_commit
+    from kd.runtime.registry import alias_version, publish_version, version_tags
 
     name, alias, metric = sweep.registry.name, sweep.registry.alias, sweep.tune_metric
     tags = client.get_run(parent_id).data.tags
-    if tags.get("kd.sweep.champion_run_id") == record["mlflow_run_id"] and tags.get("kd.sweep.champion_version"):
-        version = tags["kd.sweep.champion_version"]
+    if tags.get(Tag.CHAMPION_RUN_ID) == record["mlflow_run_id"] and tags.get(Tag.CHAMPION_VERSION):
+        version = tags[Tag.CHAMPION_VERSION]
         return {"name": name, "alias": alias, "version": version, "uri": f"models:/{name}@{alias}",
                 "trial_id": record["trial_id"], metric: record[metric], "already_registered": True}
     model_uri = record["model_uri"] or _log_from_checkpoint(record, spec, client)
-    previous = None
-    try:
-        previous = client.get_model_version_by_alias(name, alias).version
-    except MlflowException:
-        pass
+    previous = alias_version(name, alias, client=client)
     mv = mlflow.register_model(model_uri, name)
     cfg = trial_distill_config(spec, record["params"], record["trial_id"])
-    version_tags = {
-        "sweep": sweep.name, "sweep_parent_run_id": parent_id, "trial_id": record["trial_id"],
+    publish_version(name, mv.version, alias, {
+        **version_tags(cfg), "sweep": sweep.name, "sweep_parent_run_id": parent_id, "trial_id": record["trial_id"],
         "run_id": record["mlflow_run_id"] or "", "metric": sweep.target_metric, metric: f"{record[metric]:.6f}",
-        "architecture": cfg.student.architecture, "mode": cfg.mode, "loss": cfg.loss.name,
-        "params": json.dumps(record["params"], sort_keys=True)[:5000], "git_commit": git_commit() or "unknown",
-        "dataset": sweep.registry.dataset_tag or sweep.base.registry.dataset_tag or "",
+        "loss": cfg.loss.name, "params": json.dumps(record["params"], sort_keys=True)[:5000],
         "trial_status": record["status"], "previous_champion_version": previous or "",
-    }
-    for k, v in version_tags.items():
-        client.set_model_version_tag(name, mv.version, k, str(v))
-    client.set_registered_model_alias(name, alias, mv.version)
-    client.set_tag(parent_id, "kd.sweep.champion_run_id", record["mlflow_run_id"] or "")
-    client.set_tag(parent_id, "kd.sweep.champion_version", str(mv.version))
-    client.set_tag(parent_id, "kd.sweep.champion_uri", f"models:/{name}@{alias}")
+    }, client=client)
+    client.set_tag(parent_id, Tag.CHAMPION_RUN_ID, record["mlflow_run_id"] or "")
+    client.set_tag(parent_id, Tag.CHAMPION_VERSION, str(mv.version))
+    client.set_tag(parent_id, Tag.CHAMPION_URI, f"models:/{name}@{alias}")
     logger.info("champion: trial %s (%s=%.4f) → models:/%s/%s @%s (previous: %s)", record["trial_id"], metric,
                 record[metric], name, mv.version, alias, previous)
     return {"name": name, "alias": alias, "version": str(mv.version), "uri": f"models:/{name}@{alias}",
