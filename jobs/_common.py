@@ -6,7 +6,8 @@ import logging
 import sys
 from typing import Callable
 
-from kd.config import ConfigError, load_config
+from kd.configs.errors import ConfigError
+from kd.configs.loader import load_config
 from kd.data import FormatError
 from kd.runtime.interrupts import Terminated, exit_code, sigterm_raises
 

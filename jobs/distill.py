@@ -10,7 +10,7 @@ import json
 import sys
 
 from jobs._common import run_job
-from kd.config import DistillConfig
+from kd.configs.distill import DistillConfig
 
 
 def main(argv=None) -> int:

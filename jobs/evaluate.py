@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from jobs._common import run_job
-from kd.eval_config import EvalConfig
+from kd.configs.evaluate import EvalConfig
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ import json
 import sys
 
 from jobs._common import run_job
-from kd.config import MineTriplesConfig
+from kd.configs.mine import MineTriplesConfig
 
 
 def main(argv=None) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from jobs._common import run_job
-from kd.pipeline_config import PipelineConfig
+from kd.configs.pipeline import PipelineConfig
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from jobs._common import run_job
-from kd.config import ScoreTeachersConfig
+from kd.configs.score_teachers import ScoreTeachersConfig
 
 
 def main(argv=None) -> int:

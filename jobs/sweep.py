@@ -13,14 +13,14 @@ import json
 import sys
 
 from jobs._common import run_job
-from kd.sweep_config import SweepConfig
+from kd.configs.sweep import SweepConfig
 
 
 def main(argv=None) -> int:
     outcome = {"code": 0}
 
     def run(cfg: SweepConfig) -> None:
-        from kd.config import ConfigError
+        from kd.configs.errors import ConfigError
         from kd.runtime.sweep import run_sweep
 
         try:

@@ -18,7 +18,7 @@ from torch import nn
 from kd.models import BertDot, Ranker
 from kd.models import backbone as bb
 
-from kd.catalog import LAYER_SCHEMES as SCHEMES
+from kd.configs.catalog import LAYER_SCHEMES as SCHEMES
 
 
 def select_layers(scheme: str, n: int, total: int) -> list[int]:

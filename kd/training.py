@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from kd.config import ConfigError, DistillConfig, to_flat_dict
+from kd.configs.base import to_flat_dict
+from kd.configs.distill import DistillConfig
+from kd.configs.errors import ConfigError
 from kd.data import FormatError, load_passages, load_queries, read_qrels, read_trec_run
 from kd.data.join import JoinedTriple, JoinStats, join_teacher_scores, join_triples
 from kd.init import layer_subset_student, other_model_student, truncate_layers

@@ -97,7 +97,7 @@ def check_member(spec: dict, *, model_files: bool = True) -> None:
 def _local_folder(path: str) -> Path | None:
     """The folder a model argument names: a local folder, the packaged all-MiniLM-L6-v2 for its hub name, or a
     hub id's snapshot in the local hub cache; None when none of these is on this machine."""
-    from kd.catalog import local_model_folder
+    from kd.configs.catalog import local_model_folder
 
     folder = local_model_folder(path)
     if folder is not None or path.startswith((".", "/", "~")):
