@@ -222,3 +222,116 @@ def test_a_backbone_that_cannot_resolve_is_refused_at_validation(tmp_path, monke
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     assert _distill(tmp_path, "student.backbone=org/not-cached").student.backbone == "org/not-cached"  # online
 
+
+
+# ------------------------------------------------------------------------------ the kd.configs package (issue 16)
+def test_every_configs_module_is_import_light():
+    modules = ["kd.configs." + p.stem for p in sorted((REPO / "kd" / "configs").glob("*.py")) if p.stem != "__init__"]
+    code = ("import sys, kd, kd.configs; light = 'pydantic' not in sys.modules; "
+            f"[__import__(m) for m in {modules!r}]; "
+            "print(light, *(m in sys.modules for m in ('torch', 'mlflow', 'ray', 'deepspeed', 'transformers')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.split() == ["True", "False", "False", "False", "False", "False"]  # kd.configs loads names on use
+
+
+def test_old_module_paths_re_export_the_same_objects():
+    import kd.catalog
+    import kd.config
+    import kd.configs
+    import kd.eval_config
+    import kd.pipeline_config
+    import kd.sweep_config
+    from kd.configs import catalog, distill, errors, evaluate, loader, pipeline, search_space, sweep
+
+    assert kd.config.DistillConfig is distill.DistillConfig is kd.configs.DistillConfig
+    assert kd.config.ConfigError is errors.ConfigError and kd.config._set_path is loader.set_path
+    assert kd.eval_config.EvalConfig is evaluate.EvalConfig and kd.sweep_config.SweepConfig is sweep.SweepConfig
+    assert kd.sweep_config.max_concurrent is search_space.max_concurrent
+    assert kd.pipeline_config.PipelineConfig is pipeline.PipelineConfig
+    assert kd.pipeline_config.resources_dir is catalog.resources_dir and kd.catalog.LOSS_KINDS is catalog.LOSS_KINDS
+    assert catalog.resources_dir() == REPO / "kd" / "resources"
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        kd.configs.Nope
+
+
+def test_error_lines_put_a_stage_prefix_in_front_of_every_field(tmp_path):
+    from pydantic import ValidationError
+
+    from kd.configs.errors import error_lines
+
+    with pytest.raises(ValidationError) as e:
+        DistillConfig.model_validate({"mode": "embedding", "student": {"architecture": "bert_dot"},
+                                      "loss": {"name": "embedding_alignment"}, "run": {"name": "r"}})
+    cross_field = error_lines(e.value)  # a model validator's lines already name their fields
+    assert "field data.query_files: embedding mode needs at least one query file" in cross_field
+    assert "field students.0.data.query_files: embedding mode needs at least one query file" in \
+        error_lines(e.value, "students.0")
+    with pytest.raises(ValidationError) as e:
+        DistillConfig.model_validate({"mode": "embedding", "student": {}, "loss": {"name": "x"}, "run": {"name": "r"}})
+    assert error_lines(e.value, "base") == ["field base.student.architecture: Field required"]
+    assert error_lines(ValueError("teacher 'a' (kind bm25): no corpus"), "score") == \
+        ["score: teacher 'a' (kind bm25): no corpus"]
+
+
+def test_a_planned_file_counts_as_existing_only_in_its_validation_context(tmp_path):
+    from kd.configs.fields import planned_context
+
+    (tmp_path / "q.tsv").write_text("")
+    data = {"input": str(tmp_path / "later" / "triples.tsv"), "output_dir": str(tmp_path / "out"),
+            "text": {"queries": str(tmp_path / "q.tsv"), "passages": str(tmp_path / "q.tsv")},
+            "teachers": [{"name": "t", "path": str(tmp_path / "later" / "teacher")}]}
+    with pytest.raises(ValueError) as e:
+        ScoreTeachersConfig.model_validate(data)
+    assert "file not found" in str(e.value) and "teacher folder not found" in str(e.value)
+    context = planned_context([tmp_path / "later" / "triples.tsv", tmp_path / "later" / "teacher"])
+    cfg = ScoreTeachersConfig.model_validate(data, context=context)
+    assert cfg.input == data["input"] and cfg.teachers[0].path == str(tmp_path / "later" / "teacher")
+    data["text"]["passages"] = str(tmp_path / "missing.tsv")  # not planned: still refused
+    with pytest.raises(ValueError, match=r"text.passages\n.*file not found: .*missing.tsv"):
+        ScoreTeachersConfig.model_validate(data, context=context)
+
+
+def test_the_pipeline_validates_later_stages_on_their_real_paths(tmp_path):
+    from kd.configs.pipeline import PipelineConfig
+
+    out = tmp_path / "abs-out"  # an absolute output_dir: its folders look local, so they must be planned
+    cfg = load_config(PipelineConfig, REPO / "configs" / "smoke.yaml", [f"output_dir={out}"])
+    planned = cfg.planned_outputs()
+    assert cfg.triples_path() in planned and cfg.scores_file() in planned and str(cfg.ensemble_dir()) in planned
+    assert all(not Path(p).exists() for p in planned)
+    ec = cfg.eval_config(planned=True)
+    assert [m.path for m in ec.models] == [str(cfg.ensemble_dir())] + \
+        [str(cfg.student_dir(n)) for n, _, _ in cfg.trained_students()]
+    with pytest.raises(ValueError, match="model folder not found"):  # at run time the folders must be there
+        cfg.eval_config()
+    sc = cfg.score_config(triples=cfg.triples_path(), teachers=cfg.ensemble(), planned=True)
+    assert [t.path for t in sc.teachers if t.kind == "cross"] == [str(cfg.teacher_dir(t.name))
+                                                                  for t in cfg.teachers.train]
+    assert cfg.student_config(0, scores=cfg.scores_file(), planned=True).teacher.scores == cfg.scores_file()
+
+
+def test_evaluation_tasks_carry_their_resolved_metrics_and_relevance(tmp_path, shared_data):
+    from kd.configs.evaluate import EvalConfig
+
+    scifact, dl19 = shared_data / "beir" / "scifact", shared_data / "trec-dl-2019"
+    run, qrels = dl19 / "runs" / "BM25.top100.trec", dl19 / "qrels" / "test.tsv"
+    cfg = load_config(EvalConfig, None, [
+        f"tasks=[{{task: dense, name: sf, beir: {scifact}}}, {{task: run, name: dl, run: {run}, qrels: {qrels}}}, "
+        f"{{task: run, name: own, run: {run}, qrels: {qrels}, relevance_level: 3, metrics: [map]}}]",
+        f"models=[{{name: m, path: {tmp_path}}}]", "metrics=[ndcg@10, mrr@10]", "relevance_level=2"])
+    assert [(t.relevance_level, t.metrics) for t in cfg.tasks] == [
+        (1, ["ndcg@10", "mrr@10"]), (2, ["ndcg@10", "mrr@10"]), (3, ["map"])]  # BEIR qrels are binary: 1
+    assert [(cfg.relevance_for(t), cfg.metrics_for(t)) for t in cfg.tasks] == \
+        [(t.relevance_level, t.metrics) for t in cfg.tasks]
+    again = EvalConfig.model_validate(cfg.model_dump())
+    assert again.tasks == cfg.tasks
+
+
+def test_search_space_points_are_the_discrete_grid_with_ranges_at_both_ends():
+    from kd.configs.search_space import Dimension, checked_points
+
+    space = {"a": Dimension(grid=[1, 2]), "b": Dimension(choice=["x"]), "lr": Dimension(loguniform=[1e-5, 1e-3])}
+    assert checked_points(space) == [{"a": 1, "b": "x", "lr": 1e-5}, {"a": 2, "b": "x", "lr": 1e-5},
+                                     {"a": 1, "b": "x", "lr": 1e-3}]
+    with pytest.raises(ValueError, match="low must be < high"):
+        Dimension(uniform=[2, 1])
