@@ -134,6 +134,148 @@ def test_mlflow_run_reuse_reopens_the_run_of_the_same_job_and_name(sqlite_store,
     assert len(_runs(sqlite_store)) == 2
 
 
+# ---------------------------------------------------------------- one vocabulary: find, create, reopen, publish
+def test_find_or_create_run_through_a_client_reopens_the_run_its_key_names(sqlite_store):
+    """The pipeline's and the sweep's parent runs: a second start finds the first (RUNNING again, params kept),
+    a run of another job under the same name is not it, and names with quotes match exactly."""
+    from mlflow import MlflowClient
+
+    from kd.runtime.tracking import Tag, find_or_create_run, find_run, use_experiment
+
+    use_experiment(sqlite_store)
+    client, exp = MlflowClient(), sqlite_store.experiment
+    key = {Tag.PIPELINE: "it's p", Tag.JOB: "pipeline"}
+    run, created = find_or_create_run(exp, key, "shown name", {Tag.DATASET: "d"},
+                                      params={"a": 1, "none": None, "long": "x" * 7000}, client=client)
+    assert created and run.info.run_name == "shown name"
+    client.set_terminated(run.info.run_id, "KILLED")
+    other, other_created = find_or_create_run(exp, {Tag.PIPELINE: "it's p", Tag.JOB: "sweep"}, "p", client=client)
+    assert other_created and other.info.run_id != run.info.run_id
+    again, created = find_or_create_run(exp, key, "shown name", params={"a": 2}, client=client)
+    assert not created and again.info.run_id == run.info.run_id
+    got = client.get_run(run.info.run_id)
+    assert got.info.status == "RUNNING"
+    assert got.data.params == {"a": "1", "none": "None", "long": "x" * 6000}  # logged once, at creation
+    tags = got.data.tags
+    assert (tags[Tag.PIPELINE], tags[Tag.JOB], tags[Tag.DATASET]) == ("it's p", "pipeline", "d")
+    assert tags[Tag.GIT_COMMIT] not in ("", None)
+    assert find_run(exp, {Tag.PIPELINE: "it's"}, client=client) is None  # exact values, not prefixes
+    assert find_run("no-such-experiment", key, client=client) is None
+    assert len(_runs(sqlite_store)) == 2
+
+
+def test_find_or_create_run_without_a_client_is_the_active_run(sqlite_store):
+    """jobs.distill's rank 0: a restarted worker group continues the run of its run.name as the active run."""
+    import mlflow
+
+    from kd.runtime.tracking import Tag, find_or_create_run, use_experiment
+
+    use_experiment(sqlite_store)
+    exp = sqlite_store.experiment
+    run, created = find_or_create_run(exp, {Tag.RUN_NAME: "r"}, "shown", {Tag.JOB: "distill"}, params={"x": 1})
+    assert created and mlflow.active_run().info.run_id == run.info.run_id
+    mlflow.end_run("KILLED")
+    again, created = find_or_create_run(exp, {Tag.RUN_NAME: "r"}, "shown", {Tag.JOB: "distill"}, params={"x": 2})
+    assert not created and mlflow.active_run().info.run_id == again.info.run_id == run.info.run_id
+    mlflow.end_run()
+    [r] = _runs(sqlite_store)
+    assert (r.info.run_name, r.info.status, r.data.params) == ("shown", "FINISHED", {"x": "1"})
+    assert (r.data.tags[Tag.RUN_NAME], r.data.tags[Tag.JOB]) == ("r", "distill")
+
+
+def test_log_params_into_a_given_run_batches_of_100_and_keeps_first_values(sqlite_store, caplog):
+    from mlflow import MlflowClient
+
+    from kd.runtime.tracking import create_run, log_params, use_experiment
+
+    use_experiment(sqlite_store)
+    client = MlflowClient()
+    run = create_run(sqlite_store.experiment, "many", {}, client=client)
+    log_params({f"p{i}": i for i in range(250)}, run.info.run_id, client)
+    with caplog.at_level(logging.WARNING, logger="kd.runtime.tracking"):
+        log_params({"p3": 3, "p4": "changed", "new": True}, run.info.run_id, client)
+    params = client.get_run(run.info.run_id).data.params
+    assert len(params) == 251 and params["p4"] == "4" and params["new"] == "True"
+    assert "p4 ('4' → 'changed')" in caplog.text and "p3" not in caplog.text
+
+
+def test_absolute_tracking_uri(tmp_path, monkeypatch):
+    from kd.runtime.tracking import absolute_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert absolute_tracking_uri("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"
+    assert absolute_tracking_uri("./mlruns") == str(tmp_path.resolve() / "mlruns")
+    for unchanged in ("http://127.0.0.1:5000", "databricks", "file:///x/mlruns", None, ""):
+        assert absolute_tracking_uri(unchanged) == unchanged
+
+
+def test_publish_version_tags_the_version_and_moves_the_alias(sqlite_store):
+    """The registration step of jobs.distill, jobs.sweep and the pipeline's register stage (sqlite registry)."""
+    from mlflow import MlflowClient
+
+    from kd.runtime.registry import alias_version, publish_version
+    from kd.runtime.tracking import create_run, use_experiment
+
+    use_experiment(sqlite_store)
+    client = MlflowClient()
+    assert alias_version("kd-pub", "champion", client=client) is None  # no such model
+    run = create_run(sqlite_store.experiment, "r", {}, client=client)
+    client.create_registered_model("kd-pub")
+    for _ in range(2):
+        client.create_model_version("kd-pub", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    assert alias_version("kd-pub", "champion", client=client) is None  # no such alias
+    assert publish_version("kd-pub", "1", "champion", {"metric": 0.5, "dataset": ""}, client=client) == \
+        "models:/kd-pub@champion"
+    assert alias_version("kd-pub", "champion", client=client) in ("1", 1)
+    publish_version("kd-pub", "2", "champion", {"previous_champion_version": "1"}, client=client)
+    now = client.get_model_version_by_alias("kd-pub", "champion")
+    assert str(now.version) == "2" and now.tags == {"previous_champion_version": "1"}
+    assert client.get_model_version("kd-pub", "1").tags == {"metric": "0.5", "dataset": ""}
+
+
+def test_lookup_errors_from_a_sqlite_registry(sqlite_store, tmp_path):
+    """resolve()'s messages name what was looked for and where (the real-server version: tests/test_registry.py)."""
+    from mlflow import MlflowClient
+
+    from kd.runtime.registry import RegistryError, resolve
+    from kd.runtime.tracking import create_run, use_experiment
+
+    use_experiment(sqlite_store)
+    uri, client = sqlite_store.tracking_uri, MlflowClient()
+    run = create_run(sqlite_store.experiment, "r", {}, client=client)
+    client.create_registered_model("kd-look")
+    client.create_model_version("kd-look", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    client.set_registered_model_alias("kd-look", "champion", "1")
+    ref = resolve("models:/kd-look@champion", uri)
+    assert (ref.kind, ref.name, ref.version, ref.alias, ref.aliases, ref.run_id) == (
+        "registered", "kd-look", "1", "champion", ["champion"], run.info.run_id)
+    assert resolve("models:/kd-look/latest", uri).version == "1"
+    assert resolve(f"runs:/{run.info.run_id}/model", uri).kind == "run"
+    with pytest.raises(RegistryError, match=r"no registered model named 'nope' \(looked up for models:/nope@x\) in "
+                                            rf"the model registry at {uri}; registered models there: \['kd-look'\]"):
+        resolve("models:/nope@x", uri)
+    with pytest.raises(RegistryError, match=rf"'kd-look' has no alias 'x' .* at {uri}; its aliases: @champion → v1"):
+        resolve("models:/kd-look@x", uri)
+    with pytest.raises(RegistryError, match=rf"'kd-look' has no version 3 .* at {uri}; its versions: \[1\]"):
+        resolve("models:/kd-look/3", uri)
+    with pytest.raises(RegistryError, match=rf"run 'deadbeef' \(from runs:/deadbeef/m\) not found at .*{uri}"):
+        resolve("runs:/deadbeef/m", uri)
+    with pytest.raises(RegistryError, match=r"logged model 'm-0' \(from models:/m-0\) not found"):
+        resolve("models:/m-0", uri)
+
+
+def test_kd_registry_reexports_the_runtime_names_and_imports_no_mlflow():
+    code = ("import sys, kd, kd.registry, kd.runtime.registry as r, kd.loaded as l; "
+            "assert kd.load is r.load is kd.registry.load and kd.registry.resolve is r.resolve; "
+            "assert kd.registry.LoadedRanker is l.LoadedRanker and kd.registry.NotADualEncoder is l.NotADualEncoder; "
+            "ref = kd.registry.resolve('sentence-transformers/all-MiniLM-L6-v2'); "
+            "print(ref.kind, [m for m in ('mlflow', 'torch', 'ray') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split(None, 1) == ["hub", "[]\n"]
+
+
 # -------------------------------------------------------------------------------------------------- progress
 class _Clock:
     def __init__(self):
