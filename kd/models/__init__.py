@@ -1,6 +1,7 @@
-"""The student zoo: one file per architecture, and the name → class registry.
+"""The student zoo: one file per architecture, the name → class registry, and the one model loader.
 
-Adding an architecture = one file + one line in MODELS.
+Adding an architecture = one file + one line in MODELS. Loading any model argument (kd folder, HF /
+sentence-transformers name, teacher ensemble, registry URI through a resolver) is kd/models/loader.py.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from kd.models.bert_cat import BertCat
 from kd.models.bert_dot import BertDot
 from kd.models.colbert import ColBERT
 from kd.models.hf_cross_encoder import HFCrossEncoder
+from kd.models.loader import load_model, load_ranker, load_spec
 from kd.models.prettr import PreTTR
 from kd.models.tinybert_cat import CrossEncoderKDOutput, TinyBertCat
 from kd.models.tk import TK
@@ -32,12 +34,8 @@ def build_student(architecture: str, backbone: str | Path | None = None, **optio
     return get_model_class(architecture).from_backbone(backbone, **options)
 
 
-def load_model(folder: str | Path) -> Ranker:
-    """Load any saved kd model folder (the architecture is read from its kd_config.json)."""
-    return Ranker.from_pretrained(folder)
-
-
 __all__ = [
     "MODELS", "STUDENTS", "Ranker", "BertCat", "BertDot", "ColBERT", "PreTTR", "TK", "TinyBertCat", "HFCrossEncoder",
     "CrossEncoderKDOutput", "get_model_class", "build_student", "load_model",
+    "load_ranker", "load_spec",
 ]

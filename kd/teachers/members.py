@@ -1,5 +1,8 @@
 """Teacher members: a cross-encoder, a bi-encoder or BM25, loaded frozen from a member spec.
 
+Cross- and bi-encoders load through the one model loader (kd.models.loader.load_ranker, kind "cross" / "bi"); BM25
+is built from its corpus's statistics (kd.teachers.bm25).
+
 Members are frozen rankers with the students' `score` / `predict` surface, so anything that scores with a student
 scores with a teacher too. A member spec is `kd.config.TeacherSpec.model_dump()` (kd/teachers/checks.py).
 """
@@ -9,8 +12,8 @@ from pathlib import Path
 
 from torch import nn
 
-from kd.models import BertDot, HFCrossEncoder, Ranker
-from kd.models.base import CONFIG_NAME
+from kd.models import BertDot, Ranker
+from kd.models.loader import load_ranker
 from kd.teachers.checks import check_member, member_label
 
 
@@ -21,39 +24,21 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def _is_kd_folder(name_or_path: str | Path) -> bool:
-    return (Path(str(name_or_path)).expanduser() / CONFIG_NAME).is_file()
-
-
 def load_cross_encoder_teacher(name_or_path: str | Path, max_length: int = 512) -> Ranker:
     """A saved kd cross-encoder folder (e.g. our trained BERT_CAT), or any HF sequence-classification model."""
-    if _is_kd_folder(name_or_path):
-        model = Ranker.from_pretrained(name_or_path)
-        if model.dual_encoder:
-            raise ValueError(f"{name_or_path} holds a {model.architecture!r} dual encoder, not a cross-encoder")
-    else:
-        model = HFCrossEncoder.from_backbone(name_or_path, max_length=max_length)
-    return freeze(model)
+    return freeze(load_ranker(name_or_path, kind="cross", max_length=max_length))
 
 
 def load_bi_encoder_teacher(name_or_path: str | Path | None = None, **options) -> BertDot:
     """A saved kd BERT_DOT folder, or any HF/sentence-transformers encoder (pooling read from its folder)."""
-    if name_or_path is not None and _is_kd_folder(name_or_path):
-        model = Ranker.from_pretrained(name_or_path)
-        if not isinstance(model, BertDot):
-            raise ValueError(f"{name_or_path} holds a {model.architecture!r} model, not a bi-encoder (bert_dot)")
-    else:
-        model = BertDot.from_backbone(name_or_path, **options)
-    return freeze(model)
+    return freeze(load_ranker(name_or_path, kind="bi", options=options))
 
 
 def load_teacher(path: str | Path, kind: str = "cross", max_length: int = 512) -> Ranker:
     """One model teacher by kind: "cross" (cross-encoder) or "bi" (bi-encoder); `load_member` takes bm25 too."""
-    if kind == "cross":
-        return load_cross_encoder_teacher(path, max_length=max_length)
-    if kind == "bi":
-        return load_bi_encoder_teacher(path)
-    raise ValueError(f"teacher kind must be 'cross' or 'bi', got {kind!r}")
+    if kind not in ("cross", "bi"):
+        raise ValueError(f"teacher kind must be 'cross' or 'bi', got {kind!r}")
+    return freeze(load_ranker(path, kind=kind, max_length=max_length))
 
 
 def load_member(spec: dict) -> nn.Module:
