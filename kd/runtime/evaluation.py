@@ -5,7 +5,8 @@ Corpus encoding: the driver cuts the corpus into the fixed length-sorted batches
 compute=ActorPoolStrategy(size=num_actors), num_gpus=gpus_per_actor)` encodes them; each actor loads the document
 encoder once (a kd folder, `models:/…` downloaded in the actor, or an HF name). Embeddings come back keyed by
 document id and are put into corpus order, so 1 or n actors build the same index. Small corpora (fewer than
-`compute.local_max_docs` documents, one CPU actor) are encoded in the driver process (`backend: auto`).
+`compute.local_max_docs` documents, one CPU actor) are encoded in the driver process (`backend: auto`), by
+kd.evaluation.LocalCorpusEncoder, the TaskRunner's own in-process encoder.
 
 MLflow: one run per (model, dataset) in `mlflow.experiment`, tagged kd.job=evaluate, kd.task, kd.model,
 kd.dataset; metrics use MLflow-safe names (ndcg@10 → ndcg_at_10), the model's efficiency metrics (eff_*) are
@@ -24,11 +25,11 @@ import torch
 
 from kd.eval_config import EvalConfig, PlotConfig
 from kd.evaluation import (
+    LocalCorpusEncoder,
     TaskResult,
     TaskRunner,
     assemble_embeddings,
     encode_batch,
-    encode_texts,
     format_table,
     load_spec,
     plan_batches,
@@ -77,11 +78,12 @@ class EncoderActor:
         return {"docid": np.asarray(ids, dtype=object), "emb": np.concatenate(embs).astype(np.float32)}
 
 
-class CorpusEncoder:
-    """The TaskRunner's corpus encoder: Ray Data actor pool or in-process, per `compute.backend`."""
+class CorpusEncoder(LocalCorpusEncoder):
+    """The TaskRunner's corpus encoder: Ray Data actor pool, or in-process (kd.evaluation.LocalCorpusEncoder), per
+    `compute.backend`."""
 
-    def __init__(self, cfg: EvalConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: EvalConfig, resolve_uri: Callable[[str], Path] | None = None):
+        super().__init__(cfg, resolve_uri or _uri_resolver(cfg.mlflow.tracking_uri))
         self.last_backend: str | None = None
 
     def use_ray(self, n_docs: int) -> bool:
@@ -91,15 +93,9 @@ class CorpusEncoder:
         return n_docs > c.local_max_docs or c.num_actors > 1 or bool(c.gpus_per_actor)
 
     def __call__(self, spec: dict, model, docids: list[str], texts: list[str]) -> np.ndarray:
-        c = self.cfg.compute
         if not self.use_ray(len(docids)):
             self.last_backend = "local"
-            if model is None:
-                from kd.evaluation import pick_device
-
-                model = load_spec(spec, _uri_resolver(self.cfg.mlflow.tracking_uri), pick_device(c.device))
-            return encode_texts(model, texts, kind="docs", batch_size=c.batch_size, precision=c.precision,
-                                show_progress=self.cfg.show_progress, desc=f"encoding corpus ({spec['name']})")
+            return super().__call__(spec, model, docids, texts)
         self.last_backend = "ray"
         return encode_corpus_ray(spec, docids, texts, self.cfg)
 
@@ -192,8 +188,9 @@ def _param(value: Any) -> Any:
 def evaluate(cfg: EvalConfig, *, on_result: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
     """Run every task of `cfg` for every model (efficiency first, so each effectiveness run carries the model's
     speed), log each result to MLflow, write <output_dir>/results.json, draw the plot when configured."""
-    encoder = CorpusEncoder(cfg)
-    runner = TaskRunner(cfg, resolve_uri=_uri_resolver(cfg.mlflow.tracking_uri), corpus_encoder=encoder)
+    resolve = _uri_resolver(cfg.mlflow.tracking_uri)  # one download per URI for the query and document models
+    encoder = CorpusEncoder(cfg, resolve)
+    runner = TaskRunner(cfg, resolve_uri=resolve, corpus_encoder=encoder)
     logger.info("evaluation precision: %s", resolve_precision(cfg.compute.precision, runner.device))
     runner.preflight()
     specs = {s.name: s.model_dump() for s in cfg.models}
