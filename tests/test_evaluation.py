@@ -408,3 +408,61 @@ def test_evaluate_model_helper_for_other_jobs(tmp_path, minilm_path, shared_data
                             options=SHORT)
     assert res.model == "student" and res.info["pairs"] == 6 and res.info["n_queries"] == 43
     assert set(read_trec_run(res.files["run"])) == set(small)
+
+
+# ------------------------------------------------------------------------------------------------ inputs read once
+def test_preflight_reads_each_file_once_and_the_tasks_use_what_it_prepared(tmp_path, minilm_path, shared_data,
+                                                                            monkeypatch):
+    """A run, qrels, queries and corpus shared by a run, a rerank and an efficiency task: each file is read once per
+    job, by preflight; the tasks (run_all) read none again and score exactly the candidates preflight checked."""
+    import kd.data
+    from kd.data import write_trec_run
+    from kd.evaluation import EfficiencyInputs, RerankInputs, RunInputs
+
+    run = read_trec_run(DL19 / "runs" / "BM25.top100.trec")
+    small = {q: dict(list(run[q].items())[:3]) for q in sorted(run)[:2]}
+    write_trec_run(tmp_path / "small.trec", small, tag="bm25")
+    reads: list[str] = []
+    for name in ("read_trec_run", "read_qrels", "load_queries", "load_passages", "load_beir"):
+        real = getattr(kd.data, name)
+        monkeypatch.setattr(kd.data, name, lambda *a, _r=real, _n=name, **k: reads.append(_n) or _r(*a, **k))
+    rerank_task = _dl19_rerank_task(run=str(tmp_path / "small.trec"), top_k=2)
+    cfg = _cfg(tmp_path, models=[{"name": "m", "path": minilm_path, "options": SHORT}], tasks=[
+        {"task": "run", "name": "bm25", "run": rerank_task["run"], "qrels": rerank_task["qrels"]},
+        rerank_task,
+        {"task": "efficiency", "name": "eff", "queries": rerank_task["queries"], "passages": rerank_task["corpus"],
+         "run": rerank_task["run"], "rerank_depth": 3, "batch_sizes": [2], "warmup": 0, "repeats": 1},
+    ])
+    runner = TaskRunner(cfg)
+    prepared = runner.preflight()
+    assert sorted(reads) == ["load_passages", "load_queries", "read_qrels", "read_trec_run"]
+    assert isinstance(prepared["bm25"], RunInputs) and prepared["bm25"].run == small
+    assert isinstance(prepared["dl19"], RerankInputs)
+    assert prepared["dl19"].candidates == top_candidates(small, sorted(small), 2)
+    assert isinstance(prepared["eff"], EfficiencyInputs) and len(prepared["eff"].pairs) == 6
+    results = run_all(cfg, runner)
+    assert len(reads) == 4, f"the tasks read files again: {reads[4:]}"
+    by = {r.dataset: r for r in results}
+    assert by["dl19"].info["pairs"] == 4 and set(read_trec_run(by["dl19"].files["run"])) == set(small)
+    assert by["bm25"].info["n_queries"] == 43 and by["eff"].metrics["eff_rerank_bs2_pairs_per_s"] > 0
+
+
+def test_runtime_corpus_encoder_local_path_is_the_runners(tmp_path, minilm_path, sample_rows, shared_data):
+    """kd.runtime.evaluation.CorpusEncoder encodes small corpora through the runner's own in-process encoder
+    (LocalCorpusEncoder): same embeddings as encode_texts with the compute settings, from a given or a loaded model."""
+    from kd.evaluation import LocalCorpusEncoder, load_spec
+    from kd.runtime.evaluation import CorpusEncoder
+
+    spec = {"name": "minilm", "path": minilm_path, "options": SHORT}
+    cfg = _cfg(tmp_path, models=[spec], compute={"backend": "local", "batch_size": 4, "precision": "fp32"},
+               tasks=[_dl19_rerank_task()])
+    texts = [r["passage"] for r in sample_rows][:9]
+    docids = [f"d{i}" for i in range(len(texts))]
+    assert isinstance(TaskRunner(cfg).corpus_encoder, LocalCorpusEncoder)
+    ray_or_local = CorpusEncoder(cfg)
+    assert isinstance(ray_or_local, LocalCorpusEncoder) and not ray_or_local.use_ray(len(texts))
+    model = load_spec(spec)
+    expected = encode_texts(model, texts, batch_size=4, precision="fp32")
+    np.testing.assert_array_equal(ray_or_local(spec, model, docids, texts), expected)
+    assert ray_or_local.last_backend == "local"
+    np.testing.assert_array_equal(LocalCorpusEncoder(cfg)(spec, None, docids, texts), expected)  # loads the spec

@@ -2,8 +2,8 @@
 
 `TaskRunner.preflight` prepares every task of the config (so bad input fails in seconds, naming the file, line and
 what is wrong) and keeps what it prepared; the task bodies (kd/evaluation/{rerank,dense,document,efficiency}.py)
-consume those inputs and read no file again. Texts and BEIR folders shared by several tasks are read once too (the
-runner's caches). A BM25 first stage (a document task without `run`) is retrieval work, done by the task on first
+consume those inputs and read no file again. Runs, qrels, texts and BEIR folders shared by several tasks are read
+once too (the runner's caches). A BM25 first stage (a document task without `run`) is retrieval work, done by the task on first
 use.
 """
 from __future__ import annotations
@@ -63,21 +63,19 @@ class EfficiencyInputs:
     pairs: list[tuple[str, str]]
 
 
-def _run_and_qrels(task) -> tuple[Run, Qrels, list[str]]:
+def _run_and_qrels(runner: "TaskRunner", task) -> tuple[Run, Qrels, list[str]]:
     """A task's `run` and `qrels` files and the query ids they share (none: EvaluationError naming both)."""
-    from kd.data import read_qrels, read_trec_run
-
-    run, qrels = read_trec_run(task.run), read_qrels(task.qrels)
+    run, qrels = runner.trec_run(task.run), runner.qrels(task.qrels)
     return run, qrels, check_overlap(run, qrels, task.run, task.qrels)
 
 
 def prepare_run(runner: "TaskRunner", task) -> RunInputs:
-    run, qrels, _ = _run_and_qrels(task)
+    run, qrels, _ = _run_and_qrels(runner, task)
     return RunInputs(run, qrels)
 
 
 def prepare_rerank(runner: "TaskRunner", task) -> RerankInputs:
-    run, qrels, qids = _run_and_qrels(task)
+    run, qrels, qids = _run_and_qrels(runner, task)
     cands = top_candidates(run, qids, task.top_k)
     queries, passages = runner.queries(task.queries), runner.passages(task.corpus, task.use_title)
     check_run_ids(task.run, cands, queries, passages, queries_source=task.queries, passages_source=task.corpus)
@@ -94,12 +92,10 @@ def prepare_beir(runner: "TaskRunner", task) -> BeirInputs:
 
 
 def prepare_document(runner: "TaskRunner", task) -> DocumentInputs:
-    from kd.data import read_trec_run
-
     beir = prepare_beir(runner, task)
     if not task.run:
         return DocumentInputs(beir.ds, beir.queries, beir.qrels_source)
-    ds, run = beir.ds, read_trec_run(task.run)
+    ds, run = beir.ds, runner.trec_run(task.run)
     qids = check_overlap(run, ds.qrels, task.run, str(Path(task.beir) / "qrels"))
     cands = top_candidates(run, qids, task.top_k)
     check_run_ids(task.run, cands, ds.queries, ds.corpus, queries_source=str(Path(task.beir) / "queries.jsonl"),
@@ -109,13 +105,11 @@ def prepare_document(runner: "TaskRunner", task) -> DocumentInputs:
 
 def prepare_efficiency(runner: "TaskRunner", task) -> EfficiencyInputs:
     """With `run`: each query's first `rerank_depth` candidates; without: the first passages, cycled over queries."""
-    from kd.data import read_trec_run
-
     queries = runner.queries(task.queries)
     passages = runner.passages(task.passages, task.use_title)
     qtexts = [queries[q] for q in sorted(queries)]
     if task.run:
-        run = read_trec_run(task.run)
+        run = runner.trec_run(task.run)
         rq = [q for q in sorted(run) if q in queries]
         cands = top_candidates(run, rq, task.rerank_depth)
         check_run_ids(task.run, cands, queries, passages, queries_source=task.queries, passages_source=task.passages)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from kd.data import FormatError
-from kd.data.formats import Run
+from kd.data.formats import Qrels, Run
 from kd.evaluation.checks import check_corpus
 from kd.evaluation.dense import dense_task, doc_encoder_spec
 from kd.evaluation.document import document_task
@@ -55,7 +55,8 @@ class TaskRunner:
 
     # ------------------------------------------------------------------------------------------------- data
     def memo(self, key: tuple, make: Callable[[], Any]) -> Any:
-        """`make()` once per key for the runner's lifetime (texts, a BM25 first stage)."""
+        """`make()` once per key for the runner's lifetime (runs, qrels, texts, a BM25 first stage): a file that
+        several tasks use is read once per job."""
         if key not in self._texts:
             self._texts[key] = make()
         return self._texts[key]
@@ -71,6 +72,16 @@ class TaskRunner:
                 raise FormatError(f"no judgments for split {split!r}", path=Path(folder) / "qrels" / f"{split}.tsv")
             self._beir[key] = ds
         return self._beir[key]
+
+    def trec_run(self, path: str) -> Run:
+        from kd.data import read_trec_run
+
+        return self.memo(("run", str(Path(path).resolve())), lambda: read_trec_run(path))
+
+    def qrels(self, path: str) -> Qrels:
+        from kd.data import read_qrels
+
+        return self.memo(("qrels", str(Path(path).resolve())), lambda: read_qrels(path))
 
     def queries(self, path: str) -> dict[str, str]:
         from kd.data import load_queries
