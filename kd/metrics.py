@@ -108,6 +108,76 @@ def _mrr_at_k(docs: Mapping[str, float], judged: Mapping[str, int], k: int, leve
     return 0.0
 
 
+def _clean_qrels(qrels: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """String ids and integer grades; queries without a judgment dropped."""
+    out: dict[str, dict[str, int]] = {}
+    for q, docs in qrels.items():
+        if not docs:
+            continue
+        row = {}
+        for d, g in docs.items():
+            if isinstance(g, bool) or not float(g).is_integer():
+                raise ValueError(f"qrels: query {q!r} document {d!r} has non-integer grade {g!r}")
+            row[str(d)] = int(g)
+        out[str(q)] = row
+    if not out:
+        raise ValueError("qrels are empty: no query has a judgment")
+    return out
+
+
+def _clean_run(run: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """String ids and finite float scores."""
+    out: dict[str, dict[str, float]] = {}
+    for q, docs in run.items():
+        row = {}
+        for d, s in docs.items():
+            s = float(s)
+            if not math.isfinite(s):
+                raise ValueError(f"run: query {q!r} document {d!r} has non-finite score {s}")
+            row[str(d)] = s
+        out[str(q)] = row
+    return out
+
+
+def _scored_queries(run_s: dict, qrels_s: dict, missing: str) -> tuple[list[str], list[str], list[str], int]:
+    """(queries averaged over, queries with run entries and qrels, qrels queries without a run entry, run queries
+    without qrels); the missing-query policy applied and logged."""
+    overlap = [q for q in qrels_s if run_s.get(q)]
+    if not overlap:
+        raise ValueError(
+            "run and qrels share no query ids: run has "
+            f"{len(run_s)} queries (e.g. {sorted(run_s)[:3]}), qrels {len(qrels_s)} (e.g. {sorted(qrels_s)[:3]}); "
+            "check that both come from the same collection and split"
+        )
+    missing_q = sorted(q for q in qrels_s if not run_s.get(q))
+    ignored = sum(1 for q in run_s if q not in qrels_s)
+    if missing_q:
+        if missing == "error":
+            raise ValueError(f"{len(missing_q)} qrels queries have no run entry, e.g. {missing_q[:5]}")
+        logger.warning(
+            "evaluate: %d of %d qrels queries have no run entry (%s), e.g. %s",
+            len(missing_q), len(qrels_s), "scored 0" if missing == "zero" else "skipped", missing_q[:5],
+        )
+    if ignored:
+        logger.info("evaluate: ignoring %d run queries without qrels", ignored)
+    queries = sorted(qrels_s) if missing == "zero" else sorted(overlap)
+    return queries, overlap, missing_q, ignored
+
+
+def _trec_measures(parsed: Sequence[_Metric]) -> set[str]:
+    """pytrec_eval measures, cutoffs of one family merged ("recall.100,1000")."""
+    cutoffs: dict[str, set[int]] = {}
+    plain: set[str] = set()
+    for m in parsed:
+        if m.trec_measure is None:
+            continue
+        if m.trec_key != m.trec_measure:  # has a cutoff
+            cutoffs.setdefault(m.trec_measure, set()).add(m.k)  # type: ignore[arg-type]
+        else:
+            plain.add(m.trec_measure)
+    return plain | {f"{fam}.{','.join(str(k) for k in sorted(ks))}" for fam, ks in cutoffs.items()}
+
+
 def evaluate(
     run: Mapping[str, Mapping[str, float]],
     qrels: Mapping[str, Mapping[str, int]],
@@ -134,58 +204,10 @@ def evaluate(
         raise ValueError(f"missing must be 'zero', 'skip' or 'error', got {missing!r}")
     if not run or not any(len(v) for v in run.values()):
         raise ValueError("run is empty: no query has any retrieved document")
-    qrels_s: dict[str, dict[str, int]] = {}
-    for q, docs in qrels.items():
-        if not docs:
-            continue
-        row = {}
-        for d, g in docs.items():
-            if isinstance(g, bool) or not float(g).is_integer():
-                raise ValueError(f"qrels: query {q!r} document {d!r} has non-integer grade {g!r}")
-            row[str(d)] = int(g)
-        qrels_s[str(q)] = row
-    if not qrels_s:
-        raise ValueError("qrels are empty: no query has a judgment")
-    run_s: dict[str, dict[str, float]] = {}
-    for q, docs in run.items():
-        row = {}
-        for d, s in docs.items():
-            s = float(s)
-            if not math.isfinite(s):
-                raise ValueError(f"run: query {q!r} document {d!r} has non-finite score {s}")
-            row[str(d)] = s
-        run_s[str(q)] = row
-    overlap = [q for q in qrels_s if run_s.get(q)]
-    if not overlap:
-        raise ValueError(
-            "run and qrels share no query ids: run has "
-            f"{len(run_s)} queries (e.g. {sorted(run_s)[:3]}), qrels {len(qrels_s)} (e.g. {sorted(qrels_s)[:3]}); "
-            "check that both come from the same collection and split"
-        )
-    missing_q = sorted(q for q in qrels_s if not run_s.get(q))
-    ignored = sum(1 for q in run_s if q not in qrels_s)
-    if missing_q:
-        if missing == "error":
-            raise ValueError(f"{len(missing_q)} qrels queries have no run entry, e.g. {missing_q[:5]}")
-        logger.warning(
-            "evaluate: %d of %d qrels queries have no run entry (%s), e.g. %s",
-            len(missing_q), len(qrels_s), "scored 0" if missing == "zero" else "skipped", missing_q[:5],
-        )
-    if ignored:
-        logger.info("evaluate: ignoring %d run queries without qrels", ignored)
-    queries = sorted(qrels_s) if missing == "zero" else sorted(overlap)
-
-    # pytrec_eval measures, cutoffs of one family merged ("recall.100,1000")
-    cutoffs: dict[str, set[int]] = {}
-    plain: set[str] = set()
-    for m in parsed:
-        if m.trec_measure is None:
-            continue
-        if m.trec_key != m.trec_measure:  # has a cutoff
-            cutoffs.setdefault(m.trec_measure, set()).add(m.k)  # type: ignore[arg-type]
-        else:
-            plain.add(m.trec_measure)
-    measures = plain | {f"{fam}.{','.join(str(k) for k in sorted(ks))}" for fam, ks in cutoffs.items()}
+    qrels_s = _clean_qrels(qrels)
+    run_s = _clean_run(run)
+    queries, overlap, missing_q, ignored = _scored_queries(run_s, qrels_s, missing)
+    measures = _trec_measures(parsed)
     trec_out: dict[str, dict[str, float]] = {}
     if measures:
         evaluator = pytrec_eval.RelevanceEvaluator(
