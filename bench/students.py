@@ -186,7 +186,7 @@ def summarise(calls: list[dict], threshold: float) -> dict:
             "contended": best_quiet is None, "runs": calls}
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--queries", type=int, default=10, help="DL'19 queries re-ranked per timed run (top-100 each)")
     ap.add_argument("--repeats", type=int, default=2,
@@ -201,10 +201,84 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.repeats < 1 or not 1 <= args.warmup_queries <= args.queries:
         ap.error("need --repeats >= 1 and 1 <= --warmup-queries <= --queries")
-    out_path = args.out.resolve()
+    return args
 
+
+def time_all(args, models: dict, warm, cands, queries, passages) -> tuple[dict, int]:
+    """The warm-up round, then --repeats timed rounds (plus extra ones while a row is contended, up to
+    --max-extra-repeats): ({row: its timed calls}, rounds run)."""
     import torch
 
+    rows = list(models)
+    with torch.inference_mode():
+        time_round(models, rows, warm, queries, passages, args.batch_size, {r: [] for r in rows}, 0)  # warm-up
+        runs = {r: [] for r in rows}
+        rounds = 0
+        while rounds < args.repeats or (rounds < args.repeats + args.max_extra_repeats and any(
+                summarise(runs[r], args.contention_threshold)["contended"] for r in rows)):
+            time_round(models, rows, cands, queries, passages, args.batch_size, runs, rounds)
+            rounds += 1
+            print(f"round {rounds}: " + ", ".join(
+                f"{r} {args.queries / sum(c['seconds'] for c in runs[r] if c['round'] == rounds - 1):.2f} q/s"
+                for r in rows), flush=True)
+    return runs, rounds
+
+
+def model_entries(args, models: dict, runs: dict, facts: dict, warm: dict, fit_seconds: float) -> dict:
+    """{row: kd.eval_models.model_info + its speed (summarise) + what built it}."""
+    from kd.eval_models import model_info
+
+    out = {}
+    for name, model in models.items():
+        entry = {**model_info(model), **summarise(runs[name], args.contention_threshold)}
+        if name == "teacher":
+            entry.update(members_built_from={"bm25": str(TEACHER_CORPUS.relative_to(ROOT)),
+                                             "minilm": "all-MiniLM-L6-v2 bi-encoder (6 layers)"},
+                         combination_fit={"pairs": sum(map(len, warm.values())), "seconds": fit_seconds,
+                                          **model.combination.to_dict()})
+        else:
+            entry.update(facts[name])
+            if getattr(model, "contextualizer", None) is not None:  # TK: its own Transformer layers
+                entry["own_layers"] = len(model.contextualizer.layers)
+        out[name] = entry
+    return out
+
+
+def speedup_checks(archs, entries: dict) -> dict:
+    """Each student's speed-up over the teacher (best/best, mean/mean, best_quiet/best_quiet, stored in its entry)
+    and the checks: best_quiet where both have it, else best, against TARGET_SPEEDUP."""
+    t = entries["teacher"]
+    checks = {}
+    for arch in archs:
+        s = entries[arch]
+        best = s["queries_per_s_best"] / t["queries_per_s_best"]
+        quiet = (s["queries_per_s_best_quiet"] / t["queries_per_s_best_quiet"]
+                 if s["queries_per_s_best_quiet"] and t["queries_per_s_best_quiet"] else None)
+        s["speedup_vs_teacher"] = {"best": best, "mean": s["queries_per_s_mean"] / t["queries_per_s_mean"],
+                                   "best_quiet": quiet}
+        value = quiet if quiet is not None else best
+        checks[f"{arch}_speedup_vs_teacher"] = {"value": value, "target": TARGET_SPEEDUP,
+                                                "pass": value >= TARGET_SPEEDUP}
+    return checks
+
+
+def print_table(result: dict, threshold: float) -> None:
+    head = f"{'model':<9} {'layers':>6} {'params':>11} {'q/s best':>9} {'q/s mean':>9} {'speed-up':>8}"
+    print(head + "\n" + "-" * len(head))
+    for name, m in result["models"].items():
+        layers = m.get("own_layers", m["num_layers"])
+        sp = m.get("speedup_vs_teacher", {}).get("best")
+        print(f"{name:<9} {layers if layers is not None else '-':>6} {m['parameters']:>11,} "
+              f"{m['queries_per_s_best']:>9.2f} {m['queries_per_s_mean']:>9.2f} "
+              f"{'-' if sp is None else f'{sp:.2f}x':>8}{' *' if m['contended'] else ''}")
+    if result["contended"]:
+        print("* no quiet run: other processes used more than "
+              f"{threshold:.0%} of the CPU during every timed run of this row")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out_path = args.out.resolve()
     quiet_hf()
     started = time.perf_counter()
     host = machine("cpu")  # loadavg_1m here is the load when the bench started
@@ -217,21 +291,8 @@ def main(argv=None) -> int:
     warm = dict(list(cands.items())[: args.warmup_queries])
     teacher, fit_seconds = fitted_teacher(members, names, warm, queries, passages, args.batch_size)
     models = {"teacher": teacher, **students}
-    rows = list(models)
     setup_seconds = time.perf_counter() - started
-    with torch.inference_mode():
-        time_round(models, rows, warm, queries, passages, args.batch_size, {r: [] for r in rows}, 0)  # warm-up
-        runs = {r: [] for r in rows}
-        rounds = 0
-        while rounds < args.repeats or (rounds < args.repeats + args.max_extra_repeats and any(
-                summarise(runs[r], args.contention_threshold)["contended"] for r in rows)):
-            time_round(models, rows, cands, queries, passages, args.batch_size, runs, rounds)
-            rounds += 1
-            print(f"round {rounds}: " + ", ".join(
-                f"{r} {args.queries / sum(c['seconds'] for c in runs[r] if c['round'] == rounds - 1):.2f} q/s"
-                for r in rows), flush=True)
-
-    from kd.eval_models import model_info
+    runs, rounds = time_all(args, models, warm, cands, queries, passages)
 
     result = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -244,50 +305,17 @@ def main(argv=None) -> int:
                 "Ranker.predict length-sorted pair batches; bert_dot encodes each distinct query and passage once",
         "note": "students untrained: fresh heads (TK: its own layers too) change the scores, not the work; "
                 "their speed is the trained students' speed; no nDCG here",
-        "models": {}, "targets": {"speedup_vs_teacher": TARGET_SPEEDUP},
+        "models": model_entries(args, models, runs, facts, warm, fit_seconds),
+        "targets": {"speedup_vs_teacher": TARGET_SPEEDUP},
     }
-    for name, model in models.items():
-        entry = {**model_info(model), **summarise(runs[name], args.contention_threshold)}
-        if name == "teacher":
-            entry.update(members_built_from={"bm25": str(TEACHER_CORPUS.relative_to(ROOT)),
-                                             "minilm": "all-MiniLM-L6-v2 bi-encoder (6 layers)"},
-                         combination_fit={"pairs": sum(map(len, warm.values())), "seconds": fit_seconds,
-                                          **teacher.combination.to_dict()})
-        else:
-            entry.update(facts[name])
-            if getattr(model, "contextualizer", None) is not None:  # TK: its own Transformer layers
-                entry["own_layers"] = len(model.contextualizer.layers)
-        result["models"][name] = entry
-    t = result["models"]["teacher"]
-    checks = {}
-    for arch in args.archs:
-        s = result["models"][arch]
-        best = s["queries_per_s_best"] / t["queries_per_s_best"]
-        quiet = (s["queries_per_s_best_quiet"] / t["queries_per_s_best_quiet"]
-                 if s["queries_per_s_best_quiet"] and t["queries_per_s_best_quiet"] else None)
-        s["speedup_vs_teacher"] = {"best": best, "mean": s["queries_per_s_mean"] / t["queries_per_s_mean"],
-                                   "best_quiet": quiet}
-        value = quiet if quiet is not None else best
-        checks[f"{arch}_speedup_vs_teacher"] = {"value": value, "target": TARGET_SPEEDUP,
-                                                "pass": value >= TARGET_SPEEDUP}
-    result["checks"] = checks
-    result["all_pass"] = all(c["pass"] for c in checks.values())
+    result["checks"] = speedup_checks(args.archs, result["models"])
+    result["all_pass"] = all(c["pass"] for c in result["checks"].values())
     result["contended"] = any(m["contended"] for m in result["models"].values())
     result["machine"]["loadavg_1m_end"] = os.getloadavg()[0]
     result["seconds"] = {"setup": setup_seconds, "total": time.perf_counter() - started}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2) + "\n")
-    head = f"{'model':<9} {'layers':>6} {'params':>11} {'q/s best':>9} {'q/s mean':>9} {'speed-up':>8}"
-    print(head + "\n" + "-" * len(head))
-    for name, m in result["models"].items():
-        layers = m.get("own_layers", m["num_layers"])
-        sp = m.get("speedup_vs_teacher", {}).get("best")
-        print(f"{name:<9} {layers if layers is not None else '-':>6} {m['parameters']:>11,} "
-              f"{m['queries_per_s_best']:>9.2f} {m['queries_per_s_mean']:>9.2f} "
-              f"{'-' if sp is None else f'{sp:.2f}x':>8}{' *' if m['contended'] else ''}")
-    if result["contended"]:
-        print("* no quiet run: other processes used more than "
-              f"{args.contention_threshold:.0%} of the CPU during every timed run of this row")
+    print_table(result, args.contention_threshold)
     print(f"wrote {out_path} ({result['seconds']['total']:.0f} s, contended={result['contended']}, "
           f"all_pass={result['all_pass']})")
     return 0
