@@ -1,13 +1,14 @@
 """What evaluation knows about a model: what a folder holds (read without loading it) and the facts each result
 reports about the model (architecture, layers, parameters; for a teacher ensemble its members and combination).
 
-Torch-free at import: the config validator (kd.eval_config) calls `saved_architecture` / `dense_problem`, so a dense
-task given a teacher ensemble or a cross-encoder fails when the config loads, before any data or model work.
+Torch-free at import: the config validator (kd.configs.evaluate) calls `saved_architecture` / `dense_problem`, so a
+dense task given a teacher ensemble or a cross-encoder fails when the config loads, before any data or model work.
 
 A teacher-ensemble folder holds `kd_ensemble.json` (kd.teachers.save_ensemble: the members' specs and the fitted
-combination). It is evaluated like any model — `kd.evaluation.load_ranker` returns `kd.teachers.load_ensemble(path)`,
-which scores (query, passage) pairs with the combined score — but it has no single-vector encoder, so of the tasks
-only rerank, document and efficiency (re-ranking only: it encodes no query on its own) apply.
+combination). It is evaluated like any model — `kd.models.loader.load_ranker` returns
+`kd.teachers.load_ensemble(path)`, which scores (query, passage) pairs with the combined score — but it has no
+single-vector encoder, so of the tasks only rerank, document and efficiency (re-ranking only: it encodes no query on
+its own) apply.
 """
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def dense_problem(path: str | Path) -> str | None:
 def ensemble_inputs(path: str | Path) -> list[str]:
     """The local files and folders a teacher-ensemble folder's scores depend on besides kd_ensemble.json: every
     member's model folder and BM25 corpus (the `path` and `corpus` values of its member specs). [] for any other
-    folder. Used by kd.evaluation.result_key, so a retrained member or a changed corpus is not served from an
-    earlier result."""
+    folder. Used by kd.evaluation.result_key (kd/evaluation/results.py), so a retrained member or a changed corpus
+    is not served from an earlier result."""
     file = Path(str(path)).expanduser() / ENSEMBLE_FILE
     if not file.is_file():
         return []

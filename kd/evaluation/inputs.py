@@ -1,10 +1,10 @@
-"""A job's task inputs, read and checked once: `prepare(runner, task)` per task kind, before any model work.
+"""A job's task inputs, read and checked once: `PREPARE[task.task](runner, task)` per task kind, before any model work.
 
 `TaskRunner.preflight` prepares every task of the config (so bad input fails in seconds, naming the file, line and
 what is wrong) and keeps what it prepared; the task bodies (kd/evaluation/{rerank,dense,document,efficiency}.py)
 consume those inputs and read no file again. Runs, qrels, texts and BEIR folders shared by several tasks are read
-once too (the runner's caches). A BM25 first stage (a document task without `run`) is retrieval work, done by the task on first
-use.
+once too (the runner's caches). A BM25 first stage (a document task without `run`) is retrieval work, done by the
+task on first use.
 """
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ def result_key(cfg, task, spec=None) -> str | None:
     """A digest of everything a (model, task) result depends on: the task, the model spec, metrics, relevance,
     compute and MLflow settings, and the size/mtime of every input file and model folder (a model retrained into the
     same folder changes it). None for a `models:/` or `runs:/` model, whose alias can move: always recomputed."""
-    from kd.config import fingerprint
+    from kd.configs.base import fingerprint
 
     paths = [v for k, v in task.model_dump().items() if k in ("run", "qrels", "queries", "passages", "corpus", "beir")
              and v]

@@ -39,7 +39,7 @@ class TaskRunner:
 
     def __init__(self, cfg, *, resolve_uri: Callable[[str], Path] | None = None,
                  corpus_encoder: CorpusEncoder | None = None):
-        from kd.eval_config import EvalConfig
+        from kd.configs.evaluate import EvalConfig
 
         if not isinstance(cfg, EvalConfig):
             raise TypeError("cfg must be a kd.eval_config.EvalConfig")

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from kd.configs.catalog import MODEL_URI_PREFIXES
 from kd.eval_models import ENSEMBLE_FILE, KD_CONFIG_FILE
 from kd.models.base import Ranker
 from kd.models.bert_dot import BertDot
@@ -37,7 +38,6 @@ from kd.models.hf_cross_encoder import HFCrossEncoder
 
 logger = logging.getLogger(__name__)
 
-MODEL_URI_PREFIXES = ("models:/", "runs:/")
 KINDS = ("any", "bi", "cross")
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from kd.eval_config import EvalConfig, PlotConfig
+from kd.configs.evaluate import EvalConfig, PlotConfig
 from kd.evaluation import (
     LocalCorpusEncoder,
     TaskResult,
@@ -149,7 +149,7 @@ def encode_corpus_ray(spec: dict, docids: list[str], texts: list[str], cfg: Eval
 def _log_result(cfg: EvalConfig, result: TaskResult, spec: dict | None, eff: dict[str, float]) -> None:
     import mlflow
 
-    from kd.config import to_flat_dict
+    from kd.configs.base import to_flat_dict
     from kd.runtime.tracking import log_params, mlflow_run
     from kd.training import metric_key
 

@@ -4,7 +4,7 @@ Cross- and bi-encoders load through the one model loader (kd.models.loader.load_
 is built from its corpus's statistics (kd.teachers.bm25).
 
 Members are frozen rankers with the students' `score` / `predict` surface, so anything that scores with a student
-scores with a teacher too. A member spec is `kd.config.TeacherSpec.model_dump()` (kd/teachers/checks.py).
+scores with a teacher too. A member spec is `kd.configs.TeacherSpec.model_dump()` (kd/teachers/checks.py).
 """
 from __future__ import annotations
 
