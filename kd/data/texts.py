@@ -91,12 +91,12 @@ class TsvTextIndex(Mapping[str, str]):
                     if lineno % 65536 == 0:
                         bar.update(pos - bar.n)
                     text = decode_line(raw, lineno, path, stats, strict)  # the line rules of every reader
-                    values = None if text is None else ID_TEXT.parse(text, lineno, path, stats, strict)
-                    if values is None:
+                    rec = None if text is None else ID_TEXT.record(text, lineno, path, stats, strict)
+                    if rec is None:
                         continue
                     body = raw.rstrip(b"\r\n")
                     tab = body.index(b"\t")
-                    ids.append(values[0])
+                    ids.append(rec[0])
                     offsets.append(start + tab + 1)
                     lengths.append(len(body) - tab - 1)
         finally:

@@ -25,10 +25,9 @@ from kd.data.formats.errors import (
     PathLike,
     ReadStats,
     bad,
-    finish,
     new_stats,
 )
-from kd.data.formats.lines import collect_unique, iter_lines
+from kd.data.formats.lines import collect_unique, iter_lines, iter_records
 from kd.data.formats.trec import Qrels, read_qrels
 
 
@@ -38,47 +37,43 @@ class BeirDoc(NamedTuple):
     text: str
 
 
-def _jsonl_records(path: PathLike, stats: ReadStats, strict: bool, required: tuple[str, ...]) -> Iterator[dict]:
-    """The valid JSON objects of a BEIR ``.jsonl`` file, one per line (bad lines counted or raised)."""
-    for lineno, text in iter_lines(path, stats, strict):
+@dataclass(frozen=True)
+class JsonLines:
+    """A BEIR ``.jsonl`` line format for :func:`~kd.data.formats.lines.iter_records`: one JSON object
+    per line with ``_id`` and ``text`` (and an optional string ``title``); the record is
+    ``make(id, obj)`` with the id stripped."""
+
+    make: Callable[[str, dict], Any]
+    required: tuple[str, ...] = ("_id", "text")
+
+    def record(self, text: str, lineno: int, path: PathLike, stats: ReadStats, strict: bool) -> Any:
+        """The record of one decoded line, or ``None`` (bad line counted or raised)."""
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
-            bad(stats, strict, path, lineno, INVALID_JSON, str(e))
-            continue
+            return bad(stats, strict, path, lineno, INVALID_JSON, str(e))
         if not isinstance(obj, dict):
-            bad(stats, strict, path, lineno, INVALID_JSON, f"expected a JSON object, got {type(obj).__name__}")
-            continue
-        missing = [k for k in required if k not in obj or obj[k] is None]
+            return bad(stats, strict, path, lineno, INVALID_JSON, f"expected a JSON object, got {type(obj).__name__}")
+        missing = [k for k in self.required if k not in obj or obj[k] is None]
         if missing:
-            bad(stats, strict, path, lineno, MISSING_FIELD, f"missing {', '.join(missing)}")
-            continue
+            return bad(stats, strict, path, lineno, MISSING_FIELD, f"missing {', '.join(missing)}")
         if not isinstance(obj.get("text", ""), str) or not isinstance(obj.get("title") or "", str):
-            bad(stats, strict, path, lineno, MISSING_FIELD, "title/text must be strings")
-            continue
-        if not str(obj["_id"]).strip():
-            bad(stats, strict, path, lineno, EMPTY_ID)
-            continue
-        yield obj
+            return bad(stats, strict, path, lineno, MISSING_FIELD, "title/text must be strings")
+        docid = str(obj["_id"]).strip()
+        if not docid:
+            return bad(stats, strict, path, lineno, EMPTY_ID)
+        return self.make(docid, obj)
 
 
-def _iter_jsonl(
-    path: PathLike, strict: bool, stats: ReadStats | None, make: Callable[[str, dict], Any], what: str
-) -> Iterator[Any]:
-    """``make(id, obj)`` per valid line (``_id`` and ``text`` required; the id stripped), counted."""
-    stats = new_stats(stats, path)
-    for obj in _jsonl_records(path, stats, strict, ("_id", "text")):
-        stats.records += 1
-        yield make(str(obj["_id"]).strip(), obj)
-    finish(stats, what)
+BEIR_CORPUS = JsonLines(lambda docid, obj: BeirDoc(docid, obj.get("title") or "", obj["text"]))
+BEIR_QUERIES = JsonLines(lambda qid, obj: (qid, obj["text"]))
 
 
 def iter_beir_corpus(
     path: PathLike, *, strict: bool = True, stats: ReadStats | None = None
 ) -> Iterator[BeirDoc]:
     """Stream ``corpus.jsonl``: ``{"_id", "title"?, "text"}`` per line (missing/null title -> "")."""
-    return _iter_jsonl(path, strict, stats, lambda docid, obj: BeirDoc(docid, obj.get("title") or "", obj["text"]),
-                       "documents")
+    return iter_records(path, BEIR_CORPUS, strict=strict, stats=stats, what="documents")
 
 
 def read_beir_corpus(
@@ -95,7 +90,7 @@ def read_beir_queries(
 ) -> dict[str, str]:
     """Load ``queries.jsonl`` as ``{qid: text}``; duplicate ids are bad."""
     stats = new_stats(stats, path)
-    queries = _iter_jsonl(path, strict, stats, lambda qid, obj: (qid, obj["text"]), "queries")
+    queries = iter_records(path, BEIR_QUERIES, strict=strict, stats=stats, what="queries")
     return collect_unique(queries, path, stats, strict, DUPLICATE_ID, lambda q: f"query id {q!r} already defined")
 
 

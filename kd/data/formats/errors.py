@@ -118,7 +118,7 @@ class ReadStats:
 def bad(
     stats: ReadStats, strict: bool, path: PathLike, line: int | None, reason: str, detail: str = ""
 ) -> None:
-    """Raise (strict) or count (lenient) one bad line."""
+    """Raise (strict) or count (lenient) one bad line; returns ``None`` (a parser's "no record")."""
     if strict:
         raise FormatError(f"{reason}" + (f": {detail}" if detail else ""), path=path, line=line, reason=reason)
     stats.skip(reason, line)

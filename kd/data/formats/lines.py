@@ -1,12 +1,13 @@
 """Line access shared by every reader and writer: opening (gzip, byte-order mark), the line rules,
-and the one column-spec reader that the per-line formats are declared with.
+and the one per-line reader, :func:`iter_records`, that every line format is read with.
 
-A line format is a :class:`Columns`: the separator, one parser per column (:func:`raw`,
+A delimited line format is a :class:`Columns`: the separator, one parser per column (:func:`raw`,
 :func:`ident`, :func:`integer`, :func:`score`, or a format's own), the record type and which
 parsed columns it takes.  :func:`iter_records` reads a file with it: line rules
 (:func:`decode_line`), column count, each column's parser in column order (the first that fails
 names the line's reason), a record per valid line, and :func:`~kd.data.formats.errors.finish` at
-the end.  A column parser refuses a value by raising :class:`BadField`.
+the end.  A column parser refuses a value by raising :class:`BadField`.  BEIR's JSON lines are the
+other :class:`LineFormat` (:class:`kd.data.formats.beir.JsonLines`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import io
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from kd.data.formats.errors import (
     BLANK_LINE,
@@ -95,11 +97,11 @@ def decode_line(raw: bytes, lineno: int, path: PathLike, stats: ReadStats, stric
     return text
 
 
-def iter_lines(path: PathLike, stats: ReadStats, strict: bool) -> Iterator[tuple[int, str]]:
-    """Yield ``(lineno, text)`` for every line :func:`decode_line` accepts (endings stripped).
-
-    ``stats.lines`` is the number of the line just yielded while the consumer holds it.
-    """
+def _read(path: PathLike, record: Callable[..., Any], stats: ReadStats, strict: bool) -> Iterator[Any]:
+    """The one per-line loop: each line :func:`decode_line` accepts goes to ``record(text, lineno,
+    path, stats, strict)``, and what that returns, unless ``None``, is yielded and counted in
+    ``stats.records``.  ``stats.lines`` is the number of the line just yielded while the consumer
+    holds it."""
     check_nonempty(path)
     with open_input(path) as f:
         lineno = 0
@@ -107,9 +109,22 @@ def iter_lines(path: PathLike, stats: ReadStats, strict: bool) -> Iterator[tuple
             stats.lines += 1
             text = decode_line(raw, lineno, path, stats, strict)
             if text is not None:
-                yield lineno, text
+                rec = record(text, lineno, path, stats, strict)
+                if rec is not None:
+                    stats.records += 1
+                    yield rec
     if lineno == 0:  # e.g. an empty .gz member, or a file holding only a byte-order mark
         raise FormatError("empty file", path=path, reason="empty file")
+
+
+def _numbered(text: str, lineno: int, *_: Any) -> tuple[int, str]:
+    return lineno, text
+
+
+def iter_lines(path: PathLike, stats: ReadStats, strict: bool) -> Iterator[tuple[int, str]]:
+    """Yield ``(lineno, text)`` for every line :func:`decode_line` accepts (endings stripped;
+    each counted in ``stats.records``)."""
+    return _read(path, _numbered, stats, strict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,70 +224,77 @@ def score(label: str = "score") -> Field:
 
 @dataclass(frozen=True)
 class Columns:
-    """One line format.
+    """One delimited line format.
 
     ``label`` names the columns in the wrong-count message (``"expected 3 tab-separated columns
-    (qid pos_pid neg_pid), got 2"``); ``sep`` is ``"\\t"`` or ``None`` (any run of whitespace,
-    TREC); ``fields`` holds one parser per column; the record is ``make(*picked)`` (a plain tuple
-    when ``make`` is ``None``) of the parsed columns at ``keep`` (all when ``None``), plus the line
-    number with ``with_line``.  ``header``:
-    a line 1 equal to it (stripped, lower-cased) is a header, anywhere else ``"duplicate header"``.
+    (qid pos_pid neg_pid), got 2"``); ``sep`` is ``"\t"`` or ``None`` (any run of whitespace,
+    TREC); ``fields`` holds one parser per column; the record is a ``make`` (``tuple`` or a
+    ``NamedTuple`` class) of the parsed columns at ``keep`` (all when ``None``), plus the line
+    number with ``with_line``.  ``header``: a line 1 equal to it (stripped, lower-cased) is a
+    header, anywhere else ``"duplicate header"``.
     """
 
     label: str
     fields: tuple[Field, ...]
-    make: Callable[..., Any] | None = None
+    make: type = tuple
     sep: str | None = "\t"
     keep: tuple[int, ...] | None = None
     with_line: bool = False
     header: tuple[str, ...] | None = None
 
-    def parse(self, text: str, lineno: int, path: PathLike, stats: ReadStats, strict: bool) -> list | None:
-        """The parsed columns of one decoded line, or ``None`` (bad line counted or raised; header)."""
+    def __post_init__(self) -> None:  # what record() needs per line, worked out once
+        n = len(self.fields)
+        keep = (*(range(n) if self.keep is None else self.keep), *((n,) if self.with_line else ()))
+        fixed = {
+            "_n": n,
+            "_checked": tuple((i, f) for i, f in enumerate(self.fields) if f is not raw),
+            "_pick": None if keep == tuple(range(len(keep))) else itemgetter(*keep),  # >= 2 columns: a tuple
+            "_build": getattr(self.make, "_make", self.make),
+        }
+        for k, v in fixed.items():
+            object.__setattr__(self, k, v)
+
+    def record(self, text: str, lineno: int, path: PathLike, stats: ReadStats, strict: bool) -> Any:
+        """The record of one decoded line, or ``None`` (a header, or a bad line counted or raised)."""
         parts = text.split(self.sep)
         if self.header is not None and tuple(p.strip().lower() for p in parts) == self.header:
             if lineno == 1:
                 stats.header = True
-            else:
-                bad(stats, strict, path, lineno, DUPLICATE_HEADER, "header line repeated (only line 1 may be a header)")
-            return None
-        if len(parts) != len(self.fields):
+                return None
+            return bad(stats, strict, path, lineno, DUPLICATE_HEADER, "header line repeated (only line 1 may be a header)")
+        if len(parts) != self._n:
             kind = "tab" if self.sep == "\t" else "whitespace"
-            bad(stats, strict, path, lineno, WRONG_COLUMNS,
-                f"expected {len(self.fields)} {kind}-separated columns ({self.label}), got {len(parts)}")
-            return None
+            return bad(stats, strict, path, lineno, WRONG_COLUMNS,
+                       f"expected {self._n} {kind}-separated columns ({self.label}), got {len(parts)}")
         try:
-            return [f(p) for f, p in zip(self.fields, parts)]
+            for i, parse in self._checked:  # column order: the first refusal is the line's reason
+                parts[i] = parse(parts[i])
         except BadField as e:
-            bad(stats, strict, path, lineno, e.reason, e.detail)
-            return None
+            return bad(stats, strict, path, lineno, e.reason, e.detail)
+        if self.with_line:
+            parts.append(lineno)
+        return self._build(parts if self._pick is None else self._pick(parts))
+
+
+class LineFormat(Protocol):
+    """What :func:`iter_records` reads with: :class:`Columns`, or BEIR's
+    :class:`~kd.data.formats.beir.JsonLines`."""
 
     def record(self, text: str, lineno: int, path: PathLike, stats: ReadStats, strict: bool) -> Any:
-        """The record of one decoded line, or ``None`` (see :meth:`parse`)."""
-        values = self.parse(text, lineno, path, stats, strict)
-        if values is None:
-            return None
-        if self.keep is not None:
-            values = [values[i] for i in self.keep]
-        if self.with_line:
-            values.append(lineno)
-        return tuple(values) if self.make is None else self.make(*values)
+        """The record of one decoded line, or ``None`` after counting / raising its bad line."""
 
 
 def iter_records(
-    path: PathLike, columns: Columns, *, strict: bool, stats: ReadStats | None, what: str = "records"
+    path: PathLike, fmt: LineFormat, *, strict: bool, stats: ReadStats | None, what: str = "records"
 ) -> Iterator[Any]:
-    """Stream the records of a file in the ``columns`` format (see the module docstring).
+    """Stream the records of a file in the line format ``fmt`` (see the module docstring): the
+    one per-line reader loop.
 
     Counts ``stats.records``; at the end logs the skips and raises when no line was valid
     (``"no valid <what>"``).  While the consumer holds a record, ``stats.lines`` is its line.
     """
     stats = new_stats(stats, path)
-    for lineno, text in iter_lines(path, stats, strict):
-        rec = columns.record(text, lineno, path, stats, strict)
-        if rec is not None:
-            stats.records += 1
-            yield rec
+    yield from _read(path, fmt.record, stats, strict)
     finish(stats, what)
 
 
@@ -298,8 +320,8 @@ def collect_unique(
         if k in into:
             stats.records -= 1
             bad(stats, strict, path, stats.lines, reason, message(key))
-            continue
-        into[k] = value
+        else:
+            into[k] = value
     return out
 
 
