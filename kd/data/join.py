@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from array import array
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -200,52 +200,42 @@ def _duplicates(keys: array, lines: array) -> tuple[int, int | None]:
     return len(repeat), int(np.frombuffer(lines, dtype=np.int64)[order[repeat]].min())
 
 
-def _join_source(
-    source: Any, kind: str, queries: Mapping, passages: Mapping, strict: bool, stats: JoinStats | None,
-    use_title: bool, title_sep: str,
-) -> Iterator[JoinedTriple]:
-    """The join behind :func:`join_teacher_scores` (``kind="scores"``) and :func:`join_triples`."""
-    stats = stats if stats is not None else JoinStats()
-    records, path = _records(source, kind, strict, stats.read)
-    stats.path = path
-    return _join(records, queries, passages, with_scores=kind == "scores", strict=strict, stats=stats,
-                 use_title=use_title, title_sep=title_sep)
+def _join_entry(kind: str, name: str, doc: str) -> Callable[..., Iterator[JoinedTriple]]:
+    """The public join for one kind of source (``"scores"``: teacher scores, ``"triples"``: id
+    triples): both take the same arguments, written once here."""
+
+    def join(
+        source: PathLike | TeacherScores | Iterable[tuple],
+        queries: Mapping[str, str],
+        passages: Mapping[str, Any],
+        *,
+        strict: bool = True,
+        stats: JoinStats | None = None,
+        use_title: bool = True,
+        title_sep: str = " ",
+    ) -> Iterator[JoinedTriple]:
+        stats = stats if stats is not None else JoinStats()
+        records, path = _records(source, kind, strict, stats.read)
+        stats.path = path
+        return _join(records, queries, passages, with_scores=kind == "scores", strict=strict, stats=stats,
+                     use_title=use_title, title_sep=title_sep)
+
+    join.__name__ = join.__qualname__ = name
+    join.__doc__ = doc
+    return join
 
 
-def join_teacher_scores(
-    source: PathLike | TeacherScores | Iterable[tuple],
-    queries: Mapping[str, str],
-    passages: Mapping[str, Any],
-    *,
-    strict: bool = True,
-    stats: JoinStats | None = None,
-    use_title: bool = True,
-    title_sep: str = " ",
-) -> Iterator[JoinedTriple]:
-    """Yield :class:`JoinedTriple` (texts + teacher scores) for a teacher-score file.
+join_teacher_scores = _join_entry("scores", "join_teacher_scores", """Yield :class:`JoinedTriple` (texts + teacher scores) for a teacher-score file.
 
     ``source`` is a path (read with the per-line validated reader, so every record knows its
     line), a :class:`TeacherScores` (row ``i`` reported as line ``first_line + i``), or an
     iterable of ``(pos_score, neg_score, qid, pos_pid, neg_pid[, line])`` tuples.
     Pass ``stats=JoinStats()`` to read the counts after the iteration.
-    """
-    return _join_source(source, "scores", queries, passages, strict, stats, use_title, title_sep)
+    """)
 
-
-def join_triples(
-    source: PathLike | Iterable[tuple],
-    queries: Mapping[str, str],
-    passages: Mapping[str, Any],
-    *,
-    strict: bool = True,
-    stats: JoinStats | None = None,
-    use_title: bool = True,
-    title_sep: str = " ",
-) -> Iterator[JoinedTriple]:
-    """Yield :class:`JoinedTriple` (scores ``None``) for an id-triples file or iterable of
+join_triples = _join_entry("triples", "join_triples", """Yield :class:`JoinedTriple` (scores ``None``) for an id-triples file or iterable of
     ``(qid, pos_pid, neg_pid[, line])`` tuples; same missing-id handling as
-    :func:`join_teacher_scores`."""
-    return _join_source(source, "triples", queries, passages, strict, stats, use_title, title_sep)
+    :func:`join_teacher_scores`.""")
 
 
 __all__ = [

@@ -23,7 +23,7 @@ import hashlib
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -63,23 +63,37 @@ class MiningStats:
             f"{self.short_of_negatives} positive(s) short of negatives"
         )
 
+    def skip(self, reason: str, qid: str) -> None:
+        """Count a skipped query under ``reason`` (``"no_positive"``, ``"not_in_run"`` or
+        ``"no_negative"``) and keep its id in ``<reason>_ids``."""
+        setattr(self, reason, getattr(self, reason) + 1)
+        getattr(self, f"{reason}_ids").append(qid)
+
     def log(self, what: str) -> None:
         skipped = self.no_positive + self.not_in_run + self.no_negative + self.short_of_negatives
         (logger.warning if skipped else logger.info)("%s: %s", what, self.summary())
 
 
-@dataclass
-class MiningResult:
-    """Mined triples plus the accounting of what could not be mined."""
+class _ListWithStats:
+    """A result list plus its :class:`MiningStats`: ``len()`` and iteration are the list's (the
+    field named by ``_items``)."""
 
-    triples: list[Triple]
-    stats: MiningStats
+    _items: ClassVar[str]
 
     def __len__(self) -> int:
-        return len(self.triples)
+        return len(getattr(self, self._items))
 
-    def __iter__(self) -> Iterator[Triple]:
-        return iter(self.triples)
+    def __iter__(self) -> Iterator:
+        return iter(getattr(self, self._items))
+
+
+@dataclass
+class MiningResult(_ListWithStats):
+    """Mined triples plus the accounting of what could not be mined."""
+
+    _items = "triples"
+    triples: list[Triple]
+    stats: MiningStats
 
 
 class CandidateList(NamedTuple):
@@ -92,15 +106,10 @@ class CandidateList(NamedTuple):
 
 
 @dataclass
-class CandidateResult:
+class CandidateResult(_ListWithStats):
+    _items = "lists"
     lists: list[CandidateList]
     stats: MiningStats
-
-    def __len__(self) -> int:
-        return len(self.lists)
-
-    def __iter__(self) -> Iterator[CandidateList]:
-        return iter(self.lists)
 
 
 def query_rng(seed: int, qid: str) -> np.random.Generator:
@@ -131,6 +140,31 @@ def _lookup(m: Mapping, qid: str):
     return v
 
 
+def _ranked_queries(
+    run: Mapping, qrels: Mapping, top_k: int, threshold: int, stats: MiningStats, *, require_positive: bool = True
+) -> Iterator[tuple[str, dict[str, int], list[str], list[str]]]:
+    """Per query, in sorted id order: ``(qid, judged grades, positives, the run's top-k docids)``.
+
+    Counts every query; a query without a positive is counted ``no_positive`` (and skipped when
+    ``require_positive``), one with positives but no run entry ``not_in_run`` (skipped); a query
+    with neither is skipped under ``no_positive`` alone.
+    """
+    for qid in _all_qids(run, qrels):
+        stats.queries += 1
+        judged = {str(d): int(g) for d, g in (_lookup(qrels, qid) or {}).items()}
+        positives = sorted(d for d, g in judged.items() if g >= threshold)
+        if not positives:
+            stats.skip("no_positive", qid)
+            if require_positive:
+                continue
+        docs = _lookup(run, qid)
+        if not docs:
+            if positives:
+                stats.skip("not_in_run", qid)
+            continue
+        yield qid, judged, positives, [d for d, _ in ranked({str(d): float(s) for d, s in docs.items()}, top_k)]
+
+
 def mine_triples(
     run: Mapping[str, Mapping[str, float]],
     qrels: Mapping[str, Mapping[str, int]],
@@ -151,24 +185,10 @@ def mine_triples(
         raise ValueError(f"n_negatives must be >= 1, got {n_negatives!r}")
     stats = MiningStats()
     triples: list[Triple] = []
-    for qid in _all_qids(run, qrels):
-        stats.queries += 1
-        judged = {str(d): int(g) for d, g in (_lookup(qrels, qid) or {}).items()}
-        positives = sorted(d for d, g in judged.items() if g >= threshold)
-        if not positives:
-            stats.no_positive += 1
-            stats.no_positive_ids.append(qid)
-            continue
-        docs = _lookup(run, qid)
-        if not docs:
-            stats.not_in_run += 1
-            stats.not_in_run_ids.append(qid)
-            continue
-        top = ranked({str(d): float(s) for d, s in docs.items()}, top_k)
-        candidates = [d for d, _ in top if judged.get(d, threshold - 1) < threshold]
+    for qid, judged, positives, top in _ranked_queries(run, qrels, top_k, threshold, stats):
+        candidates = [d for d in top if judged.get(d, threshold - 1) < threshold]
         if not candidates:
-            stats.no_negative += 1
-            stats.no_negative_ids.append(qid)
+            stats.skip("no_negative", qid)
             continue
         rng = query_rng(seed, qid)
         k = min(n_negatives, len(candidates))
@@ -202,22 +222,8 @@ def candidate_lists(
     _check_common(top_k, threshold)
     stats = MiningStats()
     out: list[CandidateList] = []
-    for qid in _all_qids(run, qrels):
-        stats.queries += 1
-        judged = {str(d): int(g) for d, g in (_lookup(qrels, qid) or {}).items()}
-        positives = sorted(d for d, g in judged.items() if g >= threshold)
-        if not positives:
-            stats.no_positive += 1
-            stats.no_positive_ids.append(qid)
-            if require_positive:
-                continue
-        docs = _lookup(run, qid)
-        if not docs:
-            if positives:
-                stats.not_in_run += 1
-                stats.not_in_run_ids.append(qid)
-            continue
-        top = [d for d, _ in ranked({str(d): float(s) for d, s in docs.items()}, top_k)]
+    for qid, judged, positives, top in _ranked_queries(run, qrels, top_k, threshold, stats,
+                                                       require_positive=require_positive):
         if include_positives:
             pos_set = set(positives)
             docids = positives + [d for d in top if d not in pos_set]
