@@ -434,3 +434,153 @@ def test_beir_folder_qrels_with_unknown_ids(tmp_path, caplog):
     assert ds.qrels == {"q1": {"d1": 1}}
     assert ds.texts() == {"d1": "T x", "d2": "y"}
     assert any("unknown query id: 1" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------------------------------
+# the package kd.data.formats (issue 16): every name where it was, one line reader for all
+# ------------------------------------------------------------------------------------------
+
+# The public names of kd/data/formats.py (one module) and of kd.data before it became a package.
+FORMATS_NAMES = """
+    PathLike WRONG_COLUMNS NON_NUMERIC_SCORE NON_FINITE_SCORE NON_INTEGER_GRADE NON_INTEGER_RANK NON_INTEGER_ID
+    BLANK_LINE DUPLICATE_HEADER DUPLICATE_ID DUPLICATE_JUDGMENT DUPLICATE_DOCUMENT EMPTY_ID INVALID_JSON MISSING_FIELD
+    INVALID_UTF8 UNKNOWN_QUERY_ID UNKNOWN_PASSAGE_ID UNKNOWN_DOCUMENT_ID MISPLACED_BOM SCORE_OUT_OF_RANGE MISSING_FILE
+    UTF8_BOM MAX_ABS_TEACHER_SCORE BEIR_QRELS_HEADER FormatError MissingFileError ReadStats iter_id_text read_id_text
+    read_queries_tsv read_collection_tsv write_id_text Qrels Run Judgment iter_trec_qrels iter_beir_qrels
+    read_trec_qrels read_beir_qrels read_qrels write_trec_qrels RunLine iter_trec_run read_trec_run ranked
+    write_trec_run Triple iter_triples write_triples TEACHER_COLUMNS TeacherScore TeacherScores iter_teacher_scores
+    write_teacher_scores IdMode iter_teacher_score_chunks read_teacher_scores BeirDoc iter_beir_corpus
+    read_beir_corpus read_beir_queries doc_text corpus_texts BeirDataset load_beir logger
+""".split()
+KD_DATA_NAMES = """
+    BEIR_QRELS_HEADER TEACHER_COLUMNS BM25Index BeirDataset BeirDoc CandidateList CandidateResult FormatError JoinStats
+    JoinedTriple Judgment MiningResult MiningStats MissingFileError Qrels ReadStats Run RunLine TeacherScore
+    TeacherScores Triple TsvTextIndex bm25_beir bm25_search candidate_lists corpus_texts doc_text iter_beir_corpus
+    iter_beir_qrels iter_id_text iter_teacher_score_chunks iter_teacher_scores iter_trec_qrels iter_trec_run
+    iter_triples join_teacher_scores join_triples load_beir load_passages load_queries mine_triples query_rng ranked
+    read_beir_corpus read_beir_queries read_collection_tsv read_id_text read_qrels read_queries_tsv
+    read_teacher_scores read_trec_qrels read_trec_run write_id_text write_teacher_scores write_trec_qrels
+    write_trec_run write_triples
+""".split()
+
+
+def test_every_name_of_the_one_module_is_still_importable():
+    import kd.data.formats as F
+    import kd.data.join as J
+
+    assert [n for n in FORMATS_NAMES if not hasattr(F, n)] == []
+    assert [n for n in KD_DATA_NAMES if not hasattr(D, n)] == []
+    assert set(KD_DATA_NAMES) <= set(D.__all__)
+    assert {"TsvTextIndex", "load_passages", "load_queries"} <= set(J.__all__)
+    assert J.TsvTextIndex is D.TsvTextIndex and F.read_trec_run is D.read_trec_run
+    from kd.data.formats import teacher, trec
+
+    assert trec.read_trec_run is F.read_trec_run and teacher.TeacherScores is F.TeacherScores
+
+
+# A bad line per format and check: the exact message (file, line, reason and detail) of the
+# one-module readers, which every reader must keep.
+EXACT_MESSAGES = {
+    "id_text": ("q.tsv", "1\tfoo\n2\tbar\tbaz\n", 2,
+                "wrong column count: expected 2 tab-separated columns (id, text), got 3"),
+    "id_text_dup": ("q.tsv", "1\tfoo\n1\tbar\n", 2, "duplicate id: id '1' already defined"),
+    "tsv_index": ("c.tsv", "1\tfoo\n2\n", 2, "wrong column count: expected 2 tab-separated columns (id, text), got 1"),
+    "trec_qrels": ("qrels.txt", "q1 0 d1 1\nq1 0 d2\n", 2,
+                   "wrong column count: expected 4 whitespace-separated columns (qid iter docid grade), got 3"),
+    "trec_qrels_grade": ("qrels.txt", "q1 0 d1 1\nq1 0 d2 1.5\n", 2, "non-integer grade: grade '1.5'"),
+    "trec_qrels_dup": ("qrels.txt", "q1 0 d1 1\nq1 0 d1 2\n", 2,
+                       "duplicate judgment: query 'q1' document 'd1' judged twice"),
+    "beir_qrels": ("qrels.tsv", "query-id\tcorpus-id\tscore\nq1\td1\n", 2,
+                   "wrong column count: expected 3 tab-separated columns (query-id corpus-id score), got 2"),
+    "beir_qrels_grade": ("qrels.tsv", "q1\td1\t 1x\n", 1, "non-integer grade: score ' 1x'"),
+    "beir_qrels_header": ("qrels.tsv", "q1\td1\t1\nQuery-ID\tcorpus-id\tscore\n", 2,
+                          "duplicate header: header line repeated (only line 1 may be a header)"),
+    "run": ("run.trec", "q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2 1.0\n", 2,
+            "wrong column count: expected 6 whitespace-separated columns (qid Q0 docid rank score tag), got 5"),
+    "run_rank_before_score": ("run.trec", "q1 Q0 d1 first nan t\n", 1, "non-integer rank: rank 'first'"),
+    "run_dup": ("run.trec", "q1 Q0 d1 1 2.0 t\nq1 Q0 d1 2 1.0 t\n", 2,
+                "duplicate document: query 'q1' lists document 'd1' twice"),
+    "triples": ("t.tsv", "1\t2\t3\n1\t2\t3\t4\n", 2,
+                "wrong column count: expected 3 tab-separated columns (qid pos_pid neg_pid), got 4"),
+    "teacher": ("s.tsv", "1.0\t0.5\t1\t2\n", 1,
+                "wrong column count: expected 5 tab-separated columns (pos_score neg_score qid pos_pid neg_pid), got 4"),
+    "teacher_fast": ("s.tsv", "1.0\t0.5\t1\t2\n", 1,
+                     "wrong column count: expected 5 tab-separated columns (pos_score neg_score qid pos_pid neg_pid), "
+                     "got 4"),
+    "teacher_pos_before_id": ("s.tsv", "inf\tx\t\t2\t3\n", 1, "non-finite score: pos_score 'inf'"),
+    "teacher_range": ("s.tsv", "1.0\t-2e4\t1\t2\t3\n", 1,
+                      "score out of range: neg_score '-2e4': |score| above 10000 is no ranker's score "
+                      "(see MAX_ABS_TEACHER_SCORE in kd.data.formats)"),
+    "corpus_dup": ("corpus.jsonl", '{"_id": "d1", "text": "a"}\n{"_id": " d1", "text": "b"}\n', 2,
+                   "duplicate id: document id 'd1' already defined"),
+    "queries_dup": ("queries.jsonl", '{"_id": "1", "text": "a"}\n{"_id": 1, "text": "b"}\n', 2,
+                    "duplicate id: query id '1' already defined"),
+    "corpus_title": ("corpus.jsonl", '{"_id": "d1", "title": 3, "text": "a"}\n', 1,
+                     "missing field: title/text must be strings"),
+}
+EXACT_READERS = {
+    "id_text": D.read_id_text, "tsv_index": lambda p: D.TsvTextIndex(p, show_progress=False),
+    "trec_qrels": D.read_trec_qrels, "beir_qrels": D.read_qrels, "run": D.read_trec_run,
+    "triples": lambda p: list(D.iter_triples(p)), "teacher": lambda p: list(D.iter_teacher_scores(p)),
+    "teacher_fast": lambda p: D.read_teacher_scores(p, show_progress=False),
+    "corpus": D.read_beir_corpus, "queries": D.read_beir_queries,
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXACT_MESSAGES))
+def test_bad_line_messages_are_word_for_word_those_of_the_one_module(tmp_path, case):
+    name, content, line, detail = EXACT_MESSAGES[case]
+    read = EXACT_READERS[next(k for k in sorted(EXACT_READERS, key=len, reverse=True) if case.startswith(k))]
+    path = write(tmp_path / name, content)
+    with pytest.raises(FormatError) as ei:
+        read(path)
+    assert str(ei.value) == f"{path}, line {line}: {detail}"
+    assert (ei.value.line, ei.value.reason) == (line, detail.split(":")[0])
+
+
+QUICKSTART_DL19 = Path(__file__).resolve().parents[1] / "kd" / "resources" / "quickstart" / "dl19"
+
+
+def _dl19_id_text() -> list[str]:
+    """The 43 DL'19 queries of the quickstart as ``id<TAB>text`` lines (real ids, real text)."""
+    import json
+
+    rows = (json.loads(ln) for ln in (QUICKSTART_DL19 / "queries.jsonl").read_text().splitlines())
+    return [f"{r['_id']}\t{r['text']}\n" for r in rows]
+
+
+HOSTILE_ID_TEXT = {  # case -> how it spoils the 43 good lines
+    "wrong_columns": lambda ls: ls[:5] + ["5\ttwo\ttabs\n"] + ls[5:],
+    "empty_id": lambda ls: ls[:7] + [" \ttext of no id\n"] + ls[7:],
+    "blank": lambda ls: ls[:3] + ["\n"] + ls[3:],
+    "crlf": lambda ls: [ln.replace("\n", "\r\n") for ln in ls],
+    "misplaced_bom": lambda ls: ls[:9] + ["\ufeff" + ls[9]] + ls[10:],
+    "duplicate": lambda ls: ls + [ls[4].split("\t")[0] + "\tthe same id again\n"],
+    "everything": lambda ls: ["\ufeff"] + ls[:2] + ["\n", "x\ty\tz\n", "\t\n", ls[1]] + ls[2:],
+}
+
+
+@pytest.mark.parametrize("ids", ["int", "str"])
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "lenient"])
+@pytest.mark.parametrize("case", sorted(HOSTILE_ID_TEXT))
+def test_tsv_index_and_read_id_text_read_id_text_files_alike(tmp_path, case, strict, ids):
+    """TsvTextIndex validates with read_id_text's columns: same texts, same errors, same counts."""
+    lines = _dl19_id_text() if ids == "int" else ["q" + ln for ln in _dl19_id_text()]
+    path = write(tmp_path / "queries.tsv", "".join(HOSTILE_ID_TEXT[case](lines)))
+    outcomes = []
+    for read in (D.read_id_text, lambda p, **kw: D.TsvTextIndex(p, show_progress=False, **kw)):
+        stats = ReadStats(quiet=True)
+        try:
+            got = dict(read(path, strict=strict, stats=stats))
+        except FormatError as e:  # the message, file and line (records are counted at different times)
+            outcomes.append((str(e), e.reason, e.line))
+        else:
+            outcomes.append((got, stats.lines, stats.records, dict(stats.skipped), stats.first_bad_line))
+    assert outcomes[0] == outcomes[1]
+    if case == "crlf":
+        assert len(outcomes[0][0]) == 43
+    elif strict:
+        assert outcomes[0][1] in (D.formats.WRONG_COLUMNS, D.formats.EMPTY_ID, D.formats.BLANK_LINE,
+                                  D.formats.MISPLACED_BOM, D.formats.DUPLICATE_ID)
+    else:
+        assert len(outcomes[0][0]) == 43 - (case == "misplaced_bom") and outcomes[0][3]
