@@ -13,9 +13,11 @@ Formats (one module each)
 * :mod:`~kd.data.formats.beir`: BEIR folders, ``corpus.jsonl`` (``_id``, ``title``, ``text``),
   ``queries.jsonl`` (``_id``, ``text``), ``qrels/<split>.tsv``.
 
-Every per-line format is a :class:`~kd.data.formats.lines.Columns` spec (separator, one parser per
-column, the record it makes) read by the one :func:`~kd.data.formats.lines.iter_records`;
-:mod:`~kd.data.formats.errors` holds :class:`FormatError`, :class:`ReadStats` and the reasons.
+Every delimited format is a :class:`~kd.data.formats.lines.Columns` spec (separator, one parser per
+column, the record it makes), BEIR's JSON lines a :class:`~kd.data.formats.beir.JsonLines`; both are
+read by the one per-line reader :func:`~kd.data.formats.lines.iter_records` (:mod:`~kd.data.formats.lines`
+also opens files and holds the line rules).  :mod:`~kd.data.formats.errors` holds
+:class:`FormatError`, :class:`ReadStats` and the reasons.
 
 Error policy
 ------------

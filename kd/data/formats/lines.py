@@ -101,7 +101,9 @@ def _read(path: PathLike, record: Callable[..., Any], stats: ReadStats, strict: 
     """The one per-line loop: each line :func:`decode_line` accepts goes to ``record(text, lineno,
     path, stats, strict)``, and what that returns, unless ``None``, is yielded and counted in
     ``stats.records``.  ``stats.lines`` is the number of the line just yielded while the consumer
-    holds it."""
+    holds it.  (Two readers walk the raw bytes themselves, with the same :func:`decode_line` and
+    format: the memory-mapped :class:`kd.data.texts.TsvTextIndex`, for byte offsets, and the
+    teacher fast path's per-line fallback, on a block already in memory.)"""
     check_nonempty(path)
     with open_input(path) as f:
         lineno = 0
@@ -227,7 +229,7 @@ class Columns:
     """One delimited line format.
 
     ``label`` names the columns in the wrong-count message (``"expected 3 tab-separated columns
-    (qid pos_pid neg_pid), got 2"``); ``sep`` is ``"\t"`` or ``None`` (any run of whitespace,
+    (qid pos_pid neg_pid), got 2"``); ``sep`` is ``"\\t"`` or ``None`` (any run of whitespace,
     TREC); ``fields`` holds one parser per column; the record is a ``make`` (``tuple`` or a
     ``NamedTuple`` class) of the parsed columns at ``keep`` (all when ``None``), plus the line
     number with ``with_line``.  ``header``: a line 1 equal to it (stripped, lower-cased) is a
@@ -248,7 +250,8 @@ class Columns:
         fixed = {
             "_n": n,
             "_checked": tuple((i, f) for i, f in enumerate(self.fields) if f is not raw),
-            "_pick": None if keep == tuple(range(len(keep))) else itemgetter(*keep),  # >= 2 columns: a tuple
+            # every format keeps >= 2 columns, so itemgetter gives a tuple
+            "_pick": None if keep == tuple(range(len(keep))) else itemgetter(*keep),
             "_build": getattr(self.make, "_make", self.make),
         }
         for k, v in fixed.items():
