@@ -36,10 +36,11 @@ def is_planned(value: str | Path, context: Any) -> bool:
     return isinstance(context, dict) and _canonical(value) in context.get(PLANNED, ())
 
 
-def exists(value: str | Path, kind: Literal["file", "dir", "any"] = "file", context: Any = None) -> bool:
-    """`value` is an existing file / folder / either (`~` expanded), or one an earlier stage writes."""
+def exists(value: str | Path, kind: Literal["file", "any"] = "file", context: Any = None) -> bool:
+    """`value` is an existing file (kind "file") or file or folder ("any"), `~` expanded, or one an earlier stage
+    writes."""
     p = Path(str(value)).expanduser()
-    found = p.is_file() if kind == "file" else p.is_dir() if kind == "dir" else p.exists()
+    found = p.is_file() if kind == "file" else p.exists()
     return found or is_planned(value, context)
 
 
