@@ -28,12 +28,11 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from kd.configs.catalog import MODEL_URI_PREFIXES
 from kd.loaded import LoadedRanker, ModelRef, _pick_device
 
 if TYPE_CHECKING:  # pragma: no cover
     from kd.config import DistillConfig
-
-MODEL_URI_PREFIXES = ("models:/", "runs:/")
 
 
 class RegistryError(LookupError):
