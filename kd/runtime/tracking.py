@@ -33,7 +33,8 @@ class Tag:
     DATASET = "kd.dataset"
     MODE = "kd.mode"
     TASK = "kd.task"
-    MODEL = "kd.model"
+    MODEL = "kd.model"  # an evaluation run's model label
+    MODEL_PATH = "kd.model_path"
     MODEL_URI = "kd.model_uri"
     PIPELINE = "kd.pipeline"
     STAGE = "kd.stage"
