@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from kd.catalog import MINILM_HUB_NAME, local_model_folder, packaged_minilm
+from kd.configs.catalog import MINILM_HUB_NAME, local_model_folder, looks_local, packaged_minilm
 
 
 def default_backbone() -> str:
@@ -33,7 +33,7 @@ def resolve(name_or_path: str | Path) -> str:
     folder = local_model_folder(s)
     if folder is not None:
         return str(folder)
-    if s.startswith((".", "/", "~")):
+    if looks_local(s):
         raise FileNotFoundError(f"model folder not found: {s}")
     return s
 

@@ -1,8 +1,8 @@
 """Can a teacher member score? Cheap checks of a member spec, run before any model loads or Ray starts.
 
-A member spec is `kd.config.TeacherSpec.model_dump()`: name, kind (cross | bi | bm25), path, max_length, weight,
+A member spec is `kd.configs.TeacherSpec.model_dump()`: name, kind (cross | bi | bm25), path, max_length, weight,
 corpus, use_title, k1, b. The checks read only small files (kd_config.json, config.json, modules.json), never
-weights, so they run inside config validation (kd.config.TeacherSpec) as well as in the scoring driver. They raise
+weights, so they run inside config validation (kd.configs.TeacherSpec) as well as in the scoring driver. They raise
 ValueError naming the member, e.g. "teacher 'minilm' (kind cross): … is a bi-encoder … use kind: bi".
 
 This module imports no torch or transformers (config validation stays fast).
@@ -97,10 +97,10 @@ def check_member(spec: dict, *, model_files: bool = True) -> None:
 def _local_folder(path: str) -> Path | None:
     """The folder a model argument names: a local folder, the packaged all-MiniLM-L6-v2 for its hub name, or a
     hub id's snapshot in the local hub cache; None when none of these is on this machine."""
-    from kd.configs.catalog import local_model_folder
+    from kd.configs.catalog import local_model_folder, looks_local
 
     folder = local_model_folder(path)
-    if folder is not None or path.startswith((".", "/", "~")):
+    if folder is not None or looks_local(path):
         return folder
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
