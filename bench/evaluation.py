@@ -95,7 +95,7 @@ def bench_dense(beir: Path, model_path: str, batch_size: int, device: str, ours_
     from beir.retrieval.search.dense import DenseRetrievalExactSearch
 
     from kd.data import load_beir
-    from kd.eval_config import EvalConfig
+    from kd.configs.evaluate import EvalConfig
     from kd.evaluation import TaskRunner
 
     ds = load_beir(beir, "test")

@@ -69,7 +69,8 @@ def student_config(arch: str, placeholder: Path) -> tuple:
     pointed at `placeholder` instead, and the JSON says so."""
     import yaml
 
-    from kd.config import DistillConfig, load_config
+    from kd.configs.distill import DistillConfig
+    from kd.configs.loader import load_config
 
     path = CONFIGS / f"{arch}.yaml"
     named = ((yaml.safe_load(path.read_text()) or {}).get("teacher") or {}).get("scores")
@@ -81,7 +82,7 @@ def student_config(arch: str, placeholder: Path) -> tuple:
 
 def build_students(archs, placeholder: Path) -> tuple[dict, dict]:
     """{arch: eval-mode student} built by kd.training.build_student from each config, and {arch: what built it}."""
-    from kd.catalog import saved_num_layers
+    from kd.configs.catalog import saved_num_layers
     from kd.init import resolve_layers
     from kd.training import build_student
 
@@ -101,9 +102,9 @@ def build_students(archs, placeholder: Path) -> tuple[dict, dict]:
 
 def teacher_members() -> tuple[list, list[str]]:
     """The quickstart's teacher members (configs/quickstart.yaml teachers.given), loaded as the scoring job loads
-    them: kd.config.TeacherSpec → kd.teachers.load_member."""
-    from kd.catalog import MINILM_HUB_NAME
-    from kd.config import TeacherSpec
+    them: kd.configs.TeacherSpec → kd.teachers.load_member."""
+    from kd.configs.catalog import MINILM_HUB_NAME
+    from kd.configs.score_teachers import TeacherSpec
     from kd.teachers import load_member
 
     specs = [TeacherSpec(name="bm25", kind="bm25", corpus=str(TEACHER_CORPUS)),

@@ -216,7 +216,7 @@ def thread_probe(result: dict) -> None:
 
 def run_rows(args, result: dict, tmp: Path, gpus: int) -> None:
     """Data, then every row, in the order: in-process rows, job rows, thread probe."""
-    from kd.config import DistillConfig
+    from kd.configs.distill import DistillConfig
     from kd.training import load_examples, rank_batches
 
     print(f"[bench] preparing data (BM25 + mining + teacher scores) in {tmp}", flush=True)

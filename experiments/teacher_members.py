@@ -21,7 +21,7 @@ import numpy as np
 
 from kd.data.formats import doc_text, ranked, read_beir_corpus, read_beir_queries, read_qrels, read_trec_run
 from kd.metrics import evaluate
-from kd.pipeline_config import resources_dir
+from kd.configs.catalog import resources_dir
 from kd.teachers import Combination, load_member
 
 

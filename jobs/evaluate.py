@@ -2,7 +2,7 @@
 
     python -m jobs.evaluate --config configs/eval_scifact_dense.yaml [--set key=value ...]
 
-Tasks and models are listed in the config (kd.eval_config.EvalConfig). Every (model, dataset) result goes to MLflow
+Tasks and models are listed in the config (kd.configs.EvalConfig). Every (model, dataset) result goes to MLflow
 (`mlflow.experiment`), to <output_dir>/<model>/<dataset>.{trec,json} and <output_dir>/results.json; a table is
 printed at the end, and `plot:` renders the efficiency-effectiveness PNG from the experiment's runs.
 The same command works under `ray job submit -- python -m jobs.evaluate ...`.

@@ -101,7 +101,7 @@ def _check_entrypoint(entrypoint: str, workdir: Path = REPO) -> list[str]:
 
 
 def test_kuberay_rayjob_manifest():
-    from kd.pipeline_config import PipelineConfig
+    from kd.configs.pipeline import PipelineConfig
 
     found = _kuberay("RayJob")
     assert found, "no RayJob manifest in cluster/"
@@ -331,7 +331,7 @@ def test_deepspeed_jsons_parse_with_deepspeed(stage):
 
 
 def _distill_cfg(tmp_path, ds_file: Path):
-    from kd.config import DistillConfig
+    from kd.configs.distill import DistillConfig
 
     (tmp_path / "t.tsv").write_text("1.0\t0.5\tq\tp\tn\n")
     return DistillConfig.model_validate({
@@ -361,7 +361,9 @@ def test_distill_job_merges_a_deepspeed_json(tmp_path, stage):
 
 
 def test_distill_job_rejects_zero3_honestly(tmp_path):
-    from kd.config import ConfigError, DistillConfig, load_config
+    from kd.configs.errors import ConfigError
+    from kd.configs.distill import DistillConfig
+    from kd.configs.loader import load_config
 
     with pytest.raises(Exception, match=r"ZeRO stage 3 is not supported by the distill loop"):
         _distill_cfg(tmp_path, CLUSTER / "deepspeed" / "zero3.json")
@@ -375,8 +377,8 @@ def test_distill_job_rejects_zero3_honestly(tmp_path):
 def test_paper_scale_pipeline_config_is_valid(tmp_path, monkeypatch):
     """configs/msmarco_t2.yaml (the RayJob's entrypoint) validates once its /mnt/kd files exist, on a cluster that
     reaches the hub (its student backbone is a hub name this offline machine has not cached)."""
-    from kd.config import load_config
-    from kd.pipeline_config import PipelineConfig
+    from kd.configs.loader import load_config
+    from kd.configs.pipeline import PipelineConfig
 
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)

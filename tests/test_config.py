@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from kd.catalog import ARCHITECTURES, LAYER_SCHEMES, LOSS_KINDS
-from kd.config import ConfigError, DistillConfig, ScoreTeachersConfig, load_config, parse_overrides, to_flat_dict
+from kd.configs.catalog import ARCHITECTURES, LAYER_SCHEMES, LOSS_KINDS
+from kd.configs.errors import ConfigError
+from kd.configs.distill import DistillConfig
+from kd.configs.score_teachers import ScoreTeachersConfig
+from kd.configs.loader import load_config, parse_overrides
+from kd.configs.base import to_flat_dict
 from kd.training import rank_batches
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +30,7 @@ def test_catalog_matches_the_registries():
 
 
 def test_validating_a_config_does_not_import_torch():
-    code = "import sys, kd.config, jobs._common; print('torch' in sys.modules, 'ray' in sys.modules)"
+    code = "import sys, kd.configs.distill, jobs._common; print('torch' in sys.modules, 'ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
 
@@ -131,7 +135,7 @@ def test_run_and_registry_names_are_a_safe_character_set(tmp_path, bad):
 
 
 def test_evaluation_model_and_task_names_cannot_leave_the_output_folder(tmp_path, shared_data):
-    from kd.eval_config import EvalConfig
+    from kd.configs.evaluate import EvalConfig
 
     scifact = shared_data / "beir" / "scifact"
     sets = [f"tasks=[{{task: dense, name: scifact, beir: {scifact}}}]", f"models=[{{name: m, path: {tmp_path}}}]"]
@@ -143,7 +147,7 @@ def test_evaluation_model_and_task_names_cannot_leave_the_output_folder(tmp_path
 
 
 def test_pipeline_names_are_checked_by_the_same_rule():
-    from kd.pipeline_config import PipelineConfig
+    from kd.configs.pipeline import PipelineConfig
 
     with pytest.raises(ConfigError, match=r"field name: \"it's\": a name is"):
         load_config(PipelineConfig, REPO / "configs" / "smoke.yaml", ["name=it's"])
@@ -161,7 +165,7 @@ def test_validation_metric_is_one_kd_metrics_computes(tmp_path):
 def test_catalog_options_match_the_constructor_signatures():
     import inspect
 
-    from kd.catalog import ARCHITECTURE_OPTIONS, LOSS_OPTIONS
+    from kd.configs.catalog import ARCHITECTURE_OPTIONS, LOSS_OPTIONS
     from kd.losses import LOSSES
     from kd.models import MODELS
 
@@ -234,21 +238,15 @@ def test_every_configs_module_is_import_light():
     assert out.split() == ["True", "False", "False", "False", "False", "False"]  # kd.configs loads names on use
 
 
-def test_old_module_paths_re_export_the_same_objects():
-    import kd.catalog
-    import kd.config
-    import kd.configs
-    import kd.eval_config
-    import kd.pipeline_config
-    import kd.sweep_config
-    from kd.configs import catalog, distill, errors, evaluate, loader, pipeline, search_space, sweep
+@pytest.mark.parametrize("old", ["kd.config", "kd.eval_config", "kd.sweep_config", "kd.pipeline_config", "kd.catalog"])
+def test_the_configs_live_in_one_package_and_the_old_module_paths_are_gone(old):
+    import importlib
 
-    assert kd.config.DistillConfig is distill.DistillConfig is kd.configs.DistillConfig
-    assert kd.config.ConfigError is errors.ConfigError and kd.config._set_path is loader.set_path
-    assert kd.eval_config.EvalConfig is evaluate.EvalConfig and kd.sweep_config.SweepConfig is sweep.SweepConfig
-    assert kd.sweep_config.max_concurrent is search_space.max_concurrent
-    assert kd.pipeline_config.PipelineConfig is pipeline.PipelineConfig
-    assert kd.pipeline_config.resources_dir is catalog.resources_dir and kd.catalog.LOSS_KINDS is catalog.LOSS_KINDS
+    import kd.configs
+    from kd.configs import catalog
+
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)
     assert catalog.resources_dir() == REPO / "kd" / "resources"
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         kd.configs.Nope

@@ -270,7 +270,7 @@ def test_more_workers_than_the_cluster_holds_fail_fast(data, ray_cluster):
 _AUTOSCALE_PROBE = """
 import logging, sys
 import ray
-from kd.config import ConfigError, DistillConfig, load_config
+from kd.configs import ConfigError, DistillConfig, load_config
 from kd.runtime import run_guards
 logging.basicConfig(level=logging.WARNING)
 cfg = load_config(DistillConfig, sys.argv[1], ["training.num_workers=4"])

@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kd.config import ConfigError, DistillConfig, load_config
+from kd.configs.errors import ConfigError
+from kd.configs.distill import DistillConfig
+from kd.configs.loader import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,7 +136,7 @@ def test_the_driver_check_counts_what_the_workers_load(files):
 # --------------------------------------------------------------------------------------- one run name, one run
 _HOLDER = """
 import sys, time
-from kd.config import DistillConfig, load_config
+from kd.configs import DistillConfig, load_config
 from kd.runtime.distill import absolutize
 from kd.runtime.run_guards import run_lock
 with run_lock(absolutize(load_config(DistillConfig, sys.argv[1]))):

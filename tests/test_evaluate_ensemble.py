@@ -9,7 +9,7 @@ import pytest
 
 import kd
 from kd.data import load_passages, load_queries, read_trec_run, write_trec_run
-from kd.eval_config import EvalConfig
+from kd.configs.evaluate import EvalConfig
 from kd.eval_models import ENSEMBLE_FILE, ensemble_inputs, model_info, saved_architecture
 from kd.evaluation import load_ranker, result_key, top_candidates
 
@@ -20,7 +20,7 @@ N_QUERIES, TOP_K = 3, 10
 
 
 def _specs(minilm_path: str, corpus: Path = CORPUS) -> list[dict]:
-    from kd.config import TeacherSpec
+    from kd.configs.score_teachers import TeacherSpec
 
     return [TeacherSpec(name="bm25", kind="bm25", path=None, corpus=str(corpus)).model_dump(),
             TeacherSpec(name="minilm", kind="bi", path=minilm_path).model_dump()]

@@ -1,4 +1,4 @@
-"""kd.evaluation (core, no Ray / MLflow) and kd.eval_config: real MiniLM weights, real SciFact / TREC DL'19 text."""
+"""kd.evaluation (core, no Ray / MLflow) and kd.configs.evaluate: real MiniLM weights, real SciFact / TREC DL'19 text."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from kd.config import ConfigError, load_config
+from kd.configs.errors import ConfigError
+from kd.configs.loader import load_config
 from kd.data import FormatError, load_beir, read_qrels, read_trec_run
-from kd.eval_config import EvalConfig
+from kd.configs.evaluate import EvalConfig
 from kd.evaluation import (
     EvaluationError,
     TaskResult,

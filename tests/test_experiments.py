@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from kd.config import ConfigError, DistillConfig, MineTriplesConfig, ScoreTeachersConfig, load_config
-from kd.eval_config import EvalConfig
+from kd.configs.errors import ConfigError
+from kd.configs.distill import DistillConfig
+from kd.configs.mine import MineTriplesConfig
+from kd.configs.score_teachers import ScoreTeachersConfig
+from kd.configs.loader import load_config
+from kd.configs.evaluate import EvalConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -81,8 +81,8 @@ def test_the_systemexit_of_ray_trains_abort_becomes_keyboardinterrupt():
 
 def test_run_job_turns_interrupts_into_130_and_143(tmp_path, capsys):
     from jobs._common import run_job
-    from kd.config import MineTriplesConfig
-    from kd.pipeline_config import resources_dir
+    from kd.configs.mine import MineTriplesConfig
+    from kd.configs.catalog import resources_dir
 
     cfg = tmp_path / "mine.yaml"
     scifact = resources_dir() / "quickstart" / "scifact"
@@ -179,7 +179,7 @@ def _pipeline_config(tmp_path: Path, minilm_path: str, backend: str) -> Path:
                  "ray": {"num_cpus": 1}}
     import yaml
 
-    from kd.pipeline_config import resources_dir
+    from kd.configs.catalog import resources_dir
 
     cfg = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
     cfg.update(overrides)
@@ -290,9 +290,9 @@ def test_sigterm_exits_143_and_tears_down_the_local_ray_the_job_started(tmp_path
 
 def _sweep_config(tmp_path: Path):
     """The shipped CPU sweep pointed at the packaged quickstart data and a real sqlite store."""
-    from kd.config import load_config
-    from kd.pipeline_config import resources_dir
-    from kd.sweep_config import SweepConfig
+    from kd.configs.loader import load_config
+    from kd.configs.catalog import resources_dir
+    from kd.configs.sweep import SweepConfig
 
     r = resources_dir() / "quickstart"
     train = r / "scifact" / "qrels" / "train.tsv"

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from kd.config import ConfigError, load_config
-from kd.pipeline_config import PipelineConfig, resources_dir
+from kd.configs.errors import ConfigError
+from kd.configs.loader import load_config
+from kd.configs.pipeline import PipelineConfig
+from kd.configs.catalog import resources_dir
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -27,8 +29,8 @@ def _load(path=QUICKSTART, overrides=()):
 
 
 def test_quickstart_and_smoke_configs_validate_without_torch_or_ray():
-    code = ("import sys, time; t = time.perf_counter(); from kd.config import load_config; "
-            "from kd.pipeline_config import PipelineConfig; "
+    code = ("import sys, time; t = time.perf_counter(); from kd.configs import load_config; "
+            "from kd.configs import PipelineConfig; "
             f"[load_config(PipelineConfig, p) for p in ({str(QUICKSTART)!r}, {str(SMOKE)!r})]; "
             "print('torch' in sys.modules, 'ray' in sys.modules, 'mlflow' in sys.modules, time.perf_counter() - t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
@@ -130,9 +132,9 @@ def test_given_members_of_every_kind_make_one_ensemble(tmp_path):
 
 
 def test_materialized_touches_hub_cross_encoders_only(tmp_path, minilm_path):
-    from kd.config import TeacherSpec
+    from kd.configs.score_teachers import TeacherSpec
     from kd.models import build_student
-    from kd.pipeline_config import materialized
+    from kd.configs.pipeline_stages import materialized
 
     kd_folder = tmp_path / "cat"
     build_student("bert_cat", minilm_path).save_pretrained(kd_folder)
@@ -156,7 +158,7 @@ def test_materialized_touches_hub_cross_encoders_only(tmp_path, minilm_path):
 
 
 def test_the_nokd_twin_is_the_kd_student_but_for_its_loss_and_names(tmp_path):
-    from kd.config import to_flat_dict
+    from kd.configs.base import to_flat_dict
     from kd.training import run_fields
 
     cfg = _own(tmp_path)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kd.pipeline_config import resources_dir
+from kd.configs.catalog import resources_dir
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +43,8 @@ def bm25_scores(tmp_path_factory) -> Path:
 def test_kd_student_and_its_twin_train_alike(tmp_path, bm25_scores, ray_head):
     from safetensors.torch import load_file
 
-    from kd.config import load_config
-    from kd.pipeline_config import PipelineConfig
+    from kd.configs.loader import load_config
+    from kd.configs.pipeline import PipelineConfig
     from kd.training import check_examples
 
     cfg = {

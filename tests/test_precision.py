@@ -160,7 +160,7 @@ def test_chosen_precision_and_why_reach_the_log_result_json_and_mlflow_params(tm
     from mlflow.tracking import MlflowClient
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    from kd.eval_config import EvalConfig
+    from kd.configs.evaluate import EvalConfig
     from kd.runtime.evaluation import evaluate
 
     monkeypatch.setattr(kd.precision, "this_cpu_flags", lambda: AVX2_ONLY)

@@ -44,7 +44,8 @@ def _teacher_file(path: Path, n: int = 3) -> Path:
 
 def test_student_configs_validate_read_a_teacher_file_and_build_two_layer_students(tmp_path, monkeypatch,
                                                                                  minilm_path):
-    from kd.config import DistillConfig, load_config
+    from kd.configs.distill import DistillConfig
+    from kd.configs.loader import load_config
     from kd.models import backbone as bb
     from kd.models.base import Ranker
     from kd.teachers import SCORES_FILE
@@ -85,7 +86,9 @@ def test_student_configs_validate_read_a_teacher_file_and_build_two_layer_studen
 
 
 def test_student_config_with_an_absent_teacher_file_names_the_field(monkeypatch):
-    from kd.config import ConfigError, DistillConfig, load_config
+    from kd.configs.errors import ConfigError
+    from kd.configs.distill import DistillConfig
+    from kd.configs.loader import load_config
 
     monkeypatch.chdir(REPO)
     with pytest.raises(ConfigError, match=r"field teacher\.scores: file not found: \./no/such/teacher_scores\.tsv"):

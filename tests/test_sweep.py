@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kd.config import ConfigError
+from kd.configs.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "test-sweep"
@@ -221,9 +221,9 @@ def test_champion_alias_resolves_to_the_best_trials_model(sweep, sample_rows, tm
 
 @pytest.mark.slow
 def test_a_new_champion_moves_the_alias_and_the_previous_keeps_its_version(sweep):
-    from kd.config import load_config
+    from kd.configs.loader import load_config
     from kd.runtime.sweep import register_champion
-    from kd.sweep_config import SweepConfig
+    from kd.configs.sweep import SweepConfig
 
     summary = sweep["summary"]
     client = _client(sweep["uri"])
@@ -273,11 +273,12 @@ def test_invalid_sweep_fails_fast_before_ray(data, override, message):
 
 
 def test_sweep_config_is_import_light_and_sizes_trials_to_the_cluster(data):
-    code = "import sys, kd.sweep_config, jobs.sweep; print('torch' in sys.modules, 'ray' in sys.modules)"
+    code = "import sys, kd.configs.sweep, jobs.sweep; print('torch' in sys.modules, 'ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.split() == ["False", "False"]
-    from kd.config import ConfigError
-    from kd.sweep_config import SweepConfig, max_concurrent
+    from kd.configs.errors import ConfigError
+    from kd.configs.sweep import SweepConfig
+    from kd.configs.search_space import max_concurrent
 
     cfg = SweepConfig.model_validate(sweep_config(data, "sqlite:///unused.db"))
     assert max_concurrent(cfg, {"CPU": 2.0}) == 2 and max_concurrent(cfg, {"CPU": 16.0, "GPU": 4.0}) == 16
@@ -311,8 +312,8 @@ def _tiny_sweep(tmp_path, shared_data) -> Path:
 
 
 def test_set_reaches_dotted_search_space_keys(tmp_path, shared_data):
-    from kd.config import load_config
-    from kd.sweep_config import SweepConfig
+    from kd.configs.loader import load_config
+    from kd.configs.sweep import SweepConfig
 
     path = _tiny_sweep(tmp_path, shared_data)
     cfg = load_config(SweepConfig, path, ["search_space.training.lr={loguniform: [1e-5, 1e-3]}",
@@ -331,8 +332,8 @@ def test_set_reaches_dotted_search_space_keys(tmp_path, shared_data):
 
 
 def test_sweep_names_and_metric_are_checked(tmp_path, shared_data):
-    from kd.config import load_config
-    from kd.sweep_config import SweepConfig
+    from kd.configs.loader import load_config
+    from kd.configs.sweep import SweepConfig
 
     path = _tiny_sweep(tmp_path, shared_data)
     assert load_config(SweepConfig, path, ["metric=MRR@10"]).target_metric == "mrr@10"

@@ -182,7 +182,7 @@ def test_combination_refuses_what_it_cannot_combine():
 # -------------------------------------------------------------------------------------------------------- ensemble
 @pytest.fixture(scope="module")
 def specs(minilm_path) -> list[dict]:
-    from kd.config import TeacherSpec
+    from kd.configs.score_teachers import TeacherSpec
 
     return [TeacherSpec(name="bm25", kind="bm25", corpus=str(CORPUS)).model_dump(),
             TeacherSpec(name="minilm", kind="bi", path=minilm_path, weight=2.0).model_dump()]
@@ -248,7 +248,7 @@ def test_ensemble_folder_round_trip_and_a_changed_corpus_is_refused(specs, pairs
 def test_members_that_cannot_score_fail_naming_the_member(minilm_path, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from kd.config import TeacherSpec
+    from kd.configs.score_teachers import TeacherSpec
     from kd.models import MODELS, BertCat, BertDot
     from kd.teachers.checks import DUAL_ENCODERS
 

@@ -70,7 +70,7 @@ def test_tracking_server_that_accepts_but_never_answers_fails_in_seconds(eval_co
 
 
 def test_tracking_check_skips_disabled_tracking_and_file_stores(tmp_path):
-    from kd.config import MLflowConfig
+    from kd.configs.common import MLflowConfig
     from kd.runtime.tracking import check_tracking_server
 
     dead = f"http://127.0.0.1:{_free_port()}"
@@ -83,7 +83,7 @@ def test_tracking_check_skips_disabled_tracking_and_file_stores(tmp_path):
 def sqlite_store(tmp_path):
     import mlflow
 
-    from kd.config import MLflowConfig
+    from kd.configs.common import MLflowConfig
 
     cfg = MLflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="tracking-test")
     yield cfg
@@ -369,7 +369,7 @@ def test_job_entrypoint_sets_verbose(eval_config, monkeypatch):
 def test_a_real_tracking_server_passes_the_check_and_a_rerun_reuses_its_run(mlflow_server):
     import mlflow
 
-    from kd.config import MLflowConfig
+    from kd.configs.common import MLflowConfig
     from kd.runtime import tracking
 
     cfg = MLflowConfig(tracking_uri=mlflow_server.uri, experiment="tracking-server-test")

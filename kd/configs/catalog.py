@@ -45,6 +45,11 @@ LOSS_OPTIONS = {
 }
 MINILM_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_URI_PREFIXES = ("models:/", "runs:/")  # MLflow model URIs: downloaded, never a folder or a hub name
+
+
+def is_model_uri(value: str | Path) -> bool:
+    """An MLflow model URI (models:/name@alias, models:/name/3, runs:/<id>/model), resolved through the registry."""
+    return str(value).startswith(MODEL_URI_PREFIXES)
 LOCAL_PREFIXES = (".", "/", "~")
 
 

@@ -16,7 +16,7 @@ from kd.data.mining import MiningResult, mine_triples
 
 
 def mine_to_file(cfg) -> tuple[int, MiningResult]:
-    """(triples written, the mining result) for a `kd.config.MineTriplesConfig` (beir, split, run | BM25, output,
+    """(triples written, the mining result) for a `kd.configs.MineTriplesConfig` (beir, split, run | BM25, output,
     n_negatives, top_k, threshold, seed, bm25_run_out)."""
     beir = Path(cfg.beir)
     qrels_path = beir / "qrels" / f"{cfg.split}.tsv"

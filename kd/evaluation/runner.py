@@ -42,7 +42,7 @@ class TaskRunner:
         from kd.configs.evaluate import EvalConfig
 
         if not isinstance(cfg, EvalConfig):
-            raise TypeError("cfg must be a kd.eval_config.EvalConfig")
+            raise TypeError("cfg must be a kd.configs.EvalConfig")
         self.cfg = cfg
         self.resolve_uri = resolve_uri
         self.out = Path(cfg.output_dir)

@@ -3,7 +3,7 @@
 A model argument is, in the order it is tried:
 
 * a registry URI (`models:/<name>@<alias>`, `models:/<name>/<version>`, `runs:/<id>/…`): turned into a local folder
-  by the caller's `resolve_uri` (kd.registry.fetch, kd.runtime.pyfunc.download_ranker_folder) — this module
+  by the caller's `resolve_uri` (kd.runtime.registry.fetch, kd.runtime.pyfunc.download_ranker_folder) — this module
   imports no MLflow;
 * a teacher-ensemble folder (kd_ensemble.json, kd.teachers.save_ensemble) for `kind="any"`:
   `kd.teachers.load_ensemble`, which scores (query, passage) pairs with its combined score;
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from kd.configs.catalog import MODEL_URI_PREFIXES
+from kd.configs.catalog import MODEL_URI_PREFIXES, is_model_uri
 from kd.eval_models import ENSEMBLE_FILE, KD_CONFIG_FILE
 from kd.models.base import Ranker
 from kd.models.bert_dot import BertDot
@@ -39,10 +39,6 @@ from kd.models.hf_cross_encoder import HFCrossEncoder
 logger = logging.getLogger(__name__)
 
 KINDS = ("any", "bi", "cross")
-
-
-def is_model_uri(path: str) -> bool:
-    return str(path).startswith(MODEL_URI_PREFIXES)
 
 
 def pick_device(device: str = "auto") -> torch.device:

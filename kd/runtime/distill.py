@@ -17,7 +17,7 @@ import json
 import logging
 from pathlib import Path
 
-from kd.config import DistillConfig
+from kd.configs.distill import DistillConfig
 from kd.runtime.run_guards import check_resources, check_resumable, check_same_run, distill_run, run_folder, run_lock
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from kd.config import DistillConfig, to_flat_dict
+from kd.configs.distill import DistillConfig
+from kd.configs.base import to_flat_dict
 from kd.runtime.run_guards import file_digests, seal_checkpoint, verify_restored
 
 logger = logging.getLogger(__name__)

@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from kd.config import fingerprint, to_flat_dict
-from kd.pipeline_config import PipelineConfig, materialized, student_label
+from kd.configs.base import fingerprint, to_flat_dict
+from kd.configs.pipeline import PipelineConfig
+from kd.configs.pipeline_stages import materialized, student_label
 from kd.pipeline_summary import build_summary, format_table, rerank_depth
 from kd.runtime.pipeline_tracking import Tracker, _say
 from kd.runtime.tracking import Tag, absolute_tracking_uri, tracking_uri

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
-from kd.config import to_flat_dict
-from kd.pipeline_config import PipelineConfig
+from kd.configs.base import to_flat_dict
+from kd.configs.pipeline import PipelineConfig
 from kd.runtime.tracking import Tag, create_run, find_or_create_run, log_params, use_experiment
 
 logger = logging.getLogger(__name__)

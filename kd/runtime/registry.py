@@ -10,7 +10,7 @@
 Registry URIs are resolved against `tracking_uri` (else $MLFLOW_TRACKING_URI, else MLflow's default), checked first
 so that a missing name, alias or version fails with a message naming what was looked for and where (`RegistryError`),
 then downloaded once into a cache keyed by the immutable model version (`$KD_CACHE_DIR`, default ~/.cache/kd/models).
-Local folders and hub names go through kd.evaluation.load_ranker unchanged. MLflow is imported only when a registry
+Local folders and hub names go through kd.models.loader.load_ranker unchanged. MLflow is imported only when a registry
 URI is used (so `kd.load` of a folder, and `import kd.registry`, stay MLflow-free); what `load` returns is
 kd/loaded.py's LoadedRanker.
 
@@ -28,11 +28,11 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from kd.configs.catalog import MODEL_URI_PREFIXES
+from kd.configs.catalog import MODEL_URI_PREFIXES, is_model_uri
 from kd.loaded import LoadedRanker, ModelRef, _pick_device
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kd.config import DistillConfig
+    from kd.configs.distill import DistillConfig
 
 
 class RegistryError(LookupError):
@@ -45,10 +45,6 @@ class RegistryError(LookupError):
 
 
 # ================================================================================================ resolving
-def is_model_uri(uri: str) -> bool:
-    return str(uri).startswith(MODEL_URI_PREFIXES)
-
-
 def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
     """`models:/name@alias` → (name, None, alias); `models:/name/3` or `/latest` → (name, "3", None);
     `models:/m-<id>` (an MLflow 3 logged model) → ("m-<id>", None, None)."""
@@ -244,7 +240,7 @@ def load(uri: str | Path, *, tracking_uri: str | None = None, device: str | None
     `rerank` / `score` give its combined score, as in evaluation; it is not a dual encoder), or an HF /
     sentence-transformers name or folder (a BERT_DOT bi-encoder; `options` are its BertDot options).
     """
-    from kd.evaluation import load_ranker
+    from kd.models.loader import load_ranker
 
     ref = resolve(str(uri), tracking_uri)
     model = load_ranker(ref.source if ref.kind in ("local", "hub") else ref.uri, options=options,

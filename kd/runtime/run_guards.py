@@ -23,7 +23,8 @@ from typing import Iterator
 
 import torch
 
-from kd.config import ConfigError, DistillConfig
+from kd.configs.errors import ConfigError
+from kd.configs.distill import DistillConfig
 from kd.data import FormatError
 from kd.runtime.tracking import Tag, find_run
 from kd.teachers.checks import sha256_file  # the one file digest (teacher corpora, checkpoints)
@@ -81,7 +82,7 @@ def check_same_run(cfg: DistillConfig) -> None:
     """A rerun under an existing run.name resumes its checkpoint, so it must be the same run: a changed lr, teacher
     file or max_steps silently "resumed at step 2" of the old one. The fields that define a run
     (kd.training.run_fields) are kept in <run folder>/kd_run.json; a mismatch is refused, naming the fields."""
-    from kd.config import fingerprint
+    from kd.configs.base import fingerprint
     from kd.training import changed_fields, run_fields
 
     fields = run_fields(cfg)

@@ -28,7 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from kd.config import ConfigError, ScoreTeachersConfig, to_flat_dict
+from kd.configs.errors import ConfigError
+from kd.configs.score_teachers import ScoreTeachersConfig
+from kd.configs.base import to_flat_dict
 from kd.data.join import JoinedTriple, JoinStats, join_triples, load_passages, load_queries
 from kd.progress import Progress
 from kd.runtime.progress import quiet_ray_data

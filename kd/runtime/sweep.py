@@ -34,10 +34,12 @@ from typing import Any
 import yaml
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from kd.config import ConfigError, DistillConfig
-from kd.config import fingerprint as config_fingerprint
+from kd.configs.errors import ConfigError
+from kd.configs.distill import DistillConfig
+from kd.configs.base import fingerprint as config_fingerprint
 from kd.runtime.tracking import Tag
-from kd.sweep_config import Dimension, SweepConfig, apply_params, expected_trials, max_concurrent
+from kd.configs.search_space import Dimension, apply_params, expected_trials, max_concurrent
+from kd.configs.sweep import SweepConfig
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Param
 
-from kd.config import ConfigError, MLflowConfig
+from kd.configs.errors import ConfigError
+from kd.configs.common import MLflowConfig
 from kd.runtime.interrupts import run_status
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def filter_literal(value: str) -> str:
     A value holding both quote characters, or a backslash (sqlparse reads a backslash before a quote as an escape
     that MLflow never undoes, so the literal would end elsewhere or match other text), cannot be written exactly
     and is refused rather than pasted in: pasted unquoted, `it's` crashed the job and a crafted name matched
-    another run. Names checked by kd.config (NAME_PATTERN) never hit the refusal.
+    another run. Names checked by kd.configs (SafeName) never hit the refusal.
     """
     if not isinstance(value, str):
         raise TypeError(f"filter_literal: expected a string, got {type(value).__name__}")

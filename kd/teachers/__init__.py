@@ -7,7 +7,7 @@
     ensemble.py  TeacherEnsemble; the ensemble folder (kd_ensemble.json): save_ensemble, load_ensemble
     scores.py    members.parquet → teacher_scores.tsv + ensemble folder (the scoring job and `kd teachers combine`)
 
-Names are imported on first use (PEP 562), so `kd.config` can run `check_member` without importing torch.
+Names are imported on first use (PEP 562), so `kd.configs` can run `check_member` without importing torch.
 """
 from __future__ import annotations
 
