@@ -44,14 +44,6 @@ class ModelRef:
         return {k: v for k, v in self.__dict__.items() if v not in (None, [], {})}
 
 
-def _pick_device(device: str | None):
-    import torch
-
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class LoadedRanker:
     """A ranker found by URI: `rerank` for every architecture, `encode_queries` / `encode_docs` for dual encoders.
 
@@ -97,7 +89,9 @@ class LoadedRanker:
         return self.model.device
 
     def to(self, device) -> "LoadedRanker":
-        self.model.to(_pick_device(device) if isinstance(device, str) else device)
+        from kd.models.loader import pick_device
+
+        self.model.to(pick_device(device) if isinstance(device, str) else device)
         return self
 
     def info(self) -> dict[str, Any]:

@@ -41,11 +41,12 @@ logger = logging.getLogger(__name__)
 KINDS = ("any", "bi", "cross")
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """`auto` → cuda when torch sees a GPU, else cpu; `cuda` without a GPU is an error, not a silent CPU run."""
+def pick_device(device: str | None = "auto") -> torch.device:
+    """`auto` (or None) → cuda when torch sees a GPU, else cpu; `cuda` without a GPU is an error, not a silent CPU
+    run."""
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' asked for but torch sees no GPU")
-    if device == "auto":
+    if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 

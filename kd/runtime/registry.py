@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from kd.configs.catalog import MODEL_URI_PREFIXES, is_model_uri
-from kd.loaded import LoadedRanker, ModelRef, _pick_device
+from kd.loaded import LoadedRanker, ModelRef
 
 if TYPE_CHECKING:  # pragma: no cover
     from kd.configs.distill import DistillConfig
@@ -240,12 +240,12 @@ def load(uri: str | Path, *, tracking_uri: str | None = None, device: str | None
     `rerank` / `score` give its combined score, as in evaluation; it is not a dual encoder), or an HF /
     sentence-transformers name or folder (a BERT_DOT bi-encoder; `options` are its BertDot options).
     """
-    from kd.models.loader import load_ranker
+    from kd.models.loader import load_ranker, pick_device
 
     ref = resolve(str(uri), tracking_uri)
     model = load_ranker(ref.source if ref.kind in ("local", "hub") else ref.uri, options=options,
                         resolve_uri=lambda _: fetch(ref, cache_dir))
-    model.to(_pick_device(device))
+    model.to(pick_device(device))
     model.eval()
     return LoadedRanker(model, ref)
 
