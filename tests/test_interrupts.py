@@ -205,8 +205,12 @@ def _pipeline_config(tmp_path: Path, minilm_path: str, backend: str) -> Path:
 def _start(config: Path, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
+    # SIGINT at its default disposition, as in a terminal's foreground job: a process started in the background of
+    # a non-interactive shell (`cmd &`, as some CI runners do) inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler, so the test's Ctrl+C would be ignored by the job instead of tested
     return subprocess.Popen([sys.executable, "-m", "jobs.pipeline", "--config", str(config)], cwd=REPO, env=env,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(log: Path, proc: subprocess.Popen, text: str, timeout: float = 180) -> None:
