@@ -344,3 +344,28 @@ def test_sweep_names_and_metric_are_checked(tmp_path, shared_data):
                           ([f"name={'s' * 81}"], "field name: '" + "s" * 81 + "': a sweep name is at most 80")):
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config(SweepConfig, path, sets)
+
+
+@pytest.mark.parametrize("left_as", ["RUNNING", "FAILED"])
+def test_a_stopped_trials_run_ends_killed_whichever_way_its_worker_died(tmp_path, left_as):
+    """ASHA's stop kills the trial's worker group: its run is left RUNNING, or ended FAILED by the trial's driver when
+    the group died first (a race seen in CI). Both are a stop, not an error: the summary ends the run KILLED."""
+    import mlflow
+
+    from kd.runtime.sweep import close_stopped_runs
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("stops")
+    stopped, done = client.create_run(exp), client.create_run(exp)
+    if left_as != "RUNNING":
+        client.set_terminated(stopped.info.run_id, left_as)
+    client.set_terminated(done.info.run_id, "FINISHED")
+    records = [{"status": "stopped_early", "mlflow_run_id": stopped.info.run_id, "run_status": left_as, "steps": 2,
+                METRIC: 0.5},
+               {"status": "completed", "mlflow_run_id": done.info.run_id, "run_status": "FINISHED", "steps": 4,
+                METRIC: 0.6}]
+    close_stopped_runs(records, METRIC, client)
+    run = client.get_run(stopped.info.run_id)
+    assert run.info.status == "KILLED" and records[0]["run_status"] == "KILLED"
+    assert run.data.tags["kd.sweep.stopped_early"] == "true" and run.data.metrics["best_ndcg_at_10"] == 0.5
+    assert client.get_run(done.info.run_id).info.status == "FINISHED"

@@ -12,7 +12,8 @@ trial's Tune session, with `step` (optimizer steps) as ASHA's time. When ASHA de
 trial's actor; the TorchTrainer's controller actor is owned by that process and its workers by the controller, so
 Ray's ownership fate-sharing ends the whole trial, and Train V2's PlacementGroupCleaner frees the workers'
 placement group (this is why `ray[default]` is required) before the next trial starts. The stopped trial's MLflow
-run is then left RUNNING by its killed worker; the sweep marks it KILLED with `kd.sweep.stopped_early=true`.
+run is then left RUNNING by its killed worker (or ended FAILED by its driver, when the worker group died first):
+the sweep marks it KILLED with `kd.sweep.stopped_early=true`.
 The last validation of a full trial is held back until the final report (after the model is logged), so a
 finishing trial is never stopped half-way through logging its model.
 
@@ -350,20 +351,28 @@ def summary_table(records: list[dict], metric: str):
     return df
 
 
+def close_stopped_runs(records: list[dict], metric: str, client) -> None:
+    """Tag the runs of ASHA-stopped trials (`kd.sweep.stopped_early`, the step, their best metric) and end them
+    KILLED. Such a run is left RUNNING by its killed worker, or ended FAILED by its driver when the worker group died
+    first under the stop (a race): either way the stop is what ended it, not an error."""
+    for r in records:
+        if r["status"] == "stopped_early" and r["mlflow_run_id"]:
+            client.set_tag(r["mlflow_run_id"], Tag.STOPPED_EARLY, "true")
+            client.set_tag(r["mlflow_run_id"], Tag.STOPPED_AT_STEP, str(r["steps"]))
+            if r[metric] is not None:
+                client.log_metric(r["mlflow_run_id"], "best_" + metric.removeprefix("val_"), r[metric])
+            if r["run_status"] in ("RUNNING", "FAILED"):
+                client.set_terminated(r["mlflow_run_id"], "KILLED")
+                r["run_status"] = "KILLED"
+
+
 def summarize(sweep: SweepConfig, exp_path: Path, spec: dict, client, parent_id: str) -> dict:
     metric = sweep.tune_metric
     records = _trial_records(sweep, exp_path, spec, client)
     unfinished = [r for r in records if r["status"] == "unfinished"]
     # trials are created lazily (max_concurrent at a time): after an interruption some do not exist yet
     not_started = max(0, expected_trials(sweep) - len(records))
-    for r in records:  # the killed workers of ASHA-stopped trials never closed their MLflow runs
-        if r["status"] == "stopped_early" and r["mlflow_run_id"]:
-            client.set_tag(r["mlflow_run_id"], Tag.STOPPED_EARLY, "true")
-            client.set_tag(r["mlflow_run_id"], Tag.STOPPED_AT_STEP, str(r["steps"]))
-            if r[metric] is not None:
-                client.log_metric(r["mlflow_run_id"], "best_" + metric.removeprefix("val_"), r[metric])
-            if r["run_status"] == "RUNNING":
-                client.set_terminated(r["mlflow_run_id"], "KILLED")
+    close_stopped_runs(records, metric, client)
     table = summary_table(records, metric)
     out: dict[str, Any] = {
         "sweep": sweep.name, "path": str(exp_path), "parent_run_id": parent_id, "metric": metric,
