@@ -5,12 +5,14 @@
               --corpus corpus.jsonl --top-k 100 --output reranked.trec
     kd encode --model models:/scifact-bert-dot@champion --input corpus.jsonl --kind docs --out docs.npy
     kd lookup --model models:/scifact-bert-dot@champion
+    kd export --model models:/scifact-bert-dot@champion --format onnx --quantize int8 --out served/bert-dot-int8
     kd teachers combine --members out/members.parquet --combine zscore --weight bm25=0.5 --out out/recombined
 
 `--model` takes models:/<name>@<alias>, models:/<name>/<version>, runs:/<id>/model, a saved kd folder, or an HF /
 sentence-transformers name or folder; registry URIs use --tracking-uri, else $MLFLOW_TRACKING_URI.
 `teachers combine` recombines a scoring run's raw member scores (jobs.score_teachers' members.parquet) without
 rescoring: DIR/teacher_scores.tsv + DIR/ensemble/.
+`export` writes an ONNX folder (graph, tokenizer, kd_onnx.json) that --model accepts like any kd folder (kd/export/).
 Exit codes: 0 ok, 2 bad input (missing file, unknown model / alias / version, wrong model kind).
 """
 from __future__ import annotations
@@ -168,13 +170,60 @@ def cmd_teachers_combine(args) -> int:
     return 0
 
 
+def _export_source(args) -> tuple[object, Path]:
+    """(ModelRef, local folder) of --model, refused before any weights load when it cannot be exported."""
+    from kd.eval_models import ENSEMBLE_FILE, KD_CONFIG_FILE, saved_architecture
+    from kd.export import ExportError, export_problem, is_export_folder
+    from kd.registry import fetch, resolve
+
+    ref = resolve(args.model, args.tracking_uri)
+    folder = Path(fetch(ref))
+    if ref.kind == "hub":
+        return ref, folder  # an HF / sentence-transformers name: loaded as a bert_dot, or the loader says why not
+    if is_export_folder(folder):
+        raise ExportError(f"{args.model} is already an ONNX export (kd_onnx.json); export its source model instead")
+    if not folder.is_dir() or not any((folder / f).is_file() for f in (KD_CONFIG_FILE, ENSEMBLE_FILE, "config.json")):
+        raise ExportError(f"{args.model} is not a kd model folder: it has no {KD_CONFIG_FILE} (nor an HF "
+                          "config.json)")
+    arch = saved_architecture(folder)
+    problem = export_problem(arch) if arch is not None else None
+    if problem:
+        raise ExportError(f"{args.model}: {problem}")
+    return ref, folder
+
+
+def cmd_export(args) -> int:
+    from kd.export import check_out_dir, export_onnx, read_manifest
+    from kd.export.support import check_request
+
+    check_request(args.format, args.quantize)
+    check_out_dir(args.out, args.overwrite)
+    ref, folder = _export_source(args)
+    from kd.export.manifest import sha256
+    from kd.models.loader import load_ranker
+
+    model = load_ranker(str(folder)).to("cpu")
+    source = {"model": args.model, "ref": ref.to_dict(), "folder": str(folder)}
+    for name in ("kd_config.json", "model.safetensors"):
+        if (folder / name).is_file():
+            source[f"{name}_sha256"] = sha256(folder / name)
+    out = export_onnx(model, args.out, quantize=args.quantize, per_channel=not args.per_tensor,
+                      overwrite=args.overwrite, source=source, exporter=args.exporter)
+    manifest = read_manifest(out, verify=False)
+    graph = manifest["graphs"]["model"]
+    print(f"exported {model.architecture} ({args.quantize or 'fp32'}, opset {manifest['opset']}, "
+          f"{graph['bytes'] / 2**20:.1f} MiB) to {out}; sample scores within "
+          f"{manifest['check']['max_abs_diff_vs_pytorch']:.2g} of PyTorch", file=sys.stderr)
+    return 0
+
+
 class UsageError(ValueError):
     pass
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="kd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{rerank,encode,lookup,teachers}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{rerank,encode,lookup,export,teachers}")
 
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, metavar="URI",
@@ -221,6 +270,26 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--load", action="store_true", help="also download and load it (adds architecture, size)")
     lk.set_defaults(fn=cmd_lookup)
 
+    ex = sub.add_parser("export", help="export a student to ONNX for CPU serving (fp32 or int8)",
+                        description="Export a student (bert_cat, bert_dot, colbert, tinybert_cat) to an ONNX folder: "
+                                    "the graph, its tokenizer and kd_onnx.json (architecture, options, source, opset, "
+                                    "quantization, sha256). --model accepts the folder like any kd model "
+                                    "(onnxruntime, CPU). PreTTR and TK are not exported (the error says why).",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ex.add_argument("--model", required=True, metavar="URI",
+                    help="models:/<name>@<alias> | models:/<name>/<version> | runs:/<id>/model | kd folder")
+    ex.add_argument("--tracking-uri", default=None, help="MLflow tracking server (default $MLFLOW_TRACKING_URI)")
+    ex.add_argument("--format", default="onnx", choices=("onnx",))
+    ex.add_argument("--quantize", default=None, choices=("int8",),
+                    help="int8: dynamic quantization of the Linear weights (default: fp32)")
+    ex.add_argument("--per-tensor", action="store_true", help="int8 with one scale per weight matrix instead of "
+                                                               "one per output channel")
+    ex.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo"),
+                    help="torch.onnx.export's exporter (dynamo needs onnxscript)")
+    ex.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must be empty or absent)")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    ex.set_defaults(fn=cmd_export)
+
     tc = sub.add_parser("teachers", help="teacher ensembles: recombine scored members without rescoring")
     tsub = tc.add_subparsers(dest="teachers_command", required=True, metavar="{combine}")
     cb = tsub.add_parser("combine", help="combine members.parquet anew → DIR/teacher_scores.tsv + DIR/ensemble/",
@@ -242,11 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from kd.data import FormatError
+    from kd.export import ExportError
     from kd.registry import NotADualEncoder, RegistryError
 
     try:
         return args.fn(args)
-    except (RegistryError, NotADualEncoder, UsageError, FormatError, FileNotFoundError) as e:
+    except (RegistryError, NotADualEncoder, UsageError, FormatError, FileNotFoundError, ExportError) as e:
         print(f"kd {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -96,7 +96,7 @@ class LoadedRanker:
 
     def info(self) -> dict[str, Any]:
         return {**self.ref.to_dict(), "architecture": self.architecture, "dual_encoder": self.is_dual_encoder,
-                "parameters": sum(p.numel() for p in self.model.parameters())}
+                "parameters": int(self.model.num_parameters())}  # an ONNX export: the exported model's
 
     def __repr__(self) -> str:
         where = f"{self.name} v{self.version}" if self.version else self.ref.source or self.uri

@@ -9,6 +9,8 @@ A model argument is, in the order it is tried:
   `kd.teachers.load_ensemble`, which scores (query, passage) pairs with its combined score;
 * a saved kd folder (kd_config.json): any architecture (`load_model`); a teacher kind must find its kind there
   (`cross`: not a dual encoder, `bi`: a bert_dot);
+* an ONNX export (kd_onnx.json, `kd export`): kd.export.load_onnx_ranker, the architecture's own class with its
+  encoder run by onnxruntime (same interface, CPU only), kind-checked as a kd folder is;
 * otherwise an HF / sentence-transformers name or folder, built by `kind`:
 
     any    a BERT_DOT bi-encoder used as sentence-transformers uses it: pooling and normalisation read from the
@@ -32,6 +34,7 @@ import torch
 
 from kd.configs.catalog import MODEL_URI_PREFIXES, is_model_uri
 from kd.eval_models import ENSEMBLE_FILE, KD_CONFIG_FILE
+from kd.export.manifest import MANIFEST_FILE as EXPORT_MANIFEST
 from kd.models.base import Ranker
 from kd.models.bert_dot import BertDot
 from kd.models.hf_cross_encoder import HFCrossEncoder
@@ -71,8 +74,13 @@ def load_model(folder: str | Path) -> Ranker:
 
 
 def _kd_folder_model(name_or_path: str | Path, folder: Path, kind: str) -> Ranker:
-    """A saved kd folder, checked against a teacher kind."""
-    model = load_model(folder)
+    """A saved kd folder or an ONNX export of one, checked against a teacher kind."""
+    if (folder / EXPORT_MANIFEST).is_file():
+        from kd.export import load_onnx_ranker
+
+        model = load_onnx_ranker(folder)
+    else:
+        model = load_model(folder)
     if kind == "cross" and model.dual_encoder:
         raise ValueError(f"{name_or_path} holds a {model.architecture!r} dual encoder, not a cross-encoder")
     if kind == "bi" and not isinstance(model, BertDot):
@@ -130,9 +138,12 @@ def load_ranker(
         from kd.teachers import load_ensemble
 
         model = load_ensemble(folder)
-    elif folder is not None and (folder / KD_CONFIG_FILE).is_file():
+    elif folder is not None and any((folder / f).is_file() for f in (KD_CONFIG_FILE, EXPORT_MANIFEST)):
         if options:
             logger.warning("%s is a saved kd model: options %s (for HF encoders) are ignored", path, sorted(options))
+        if layers is not None and (folder / EXPORT_MANIFEST).is_file():
+            raise ValueError(f"{path} is an ONNX export: `layers` keeps a layer subset of a PyTorch model; take the "
+                             "subset before exporting")
         model = _kd_folder_model(given, folder, kind)
     else:
         model = _hub_model(str(path) if path is not None else None, kind, options, max_length)
