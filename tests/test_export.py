@@ -235,3 +235,18 @@ def test_export_onnx_refuses_an_unexportable_model_object(minilm_path, tmp_path)
     with pytest.raises(ExportError, match="'prettr' cannot be exported"):
         export_onnx(model, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+
+
+def test_bench_script_declares_the_keys_it_writes():
+    """bench/export.py is run by hand (a smoke run: --queries 3 --repeats 1); here only its surface is checked."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "export.py"
+    spec = importlib.util.spec_from_file_location("kd_bench_export", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert {"speedup_vs_pytorch_fp32", "speedup_vs_st_onnx", "ndcg_delta", "pairs_per_s", "machine"} <= \
+        set(bench.RESULT_KEYS)
+    args = bench.parse_args(["--queries", "3"])
+    assert (args.queries, args.repeats, args.model) == (3, 2, None) and args.out.name == "export-cpu.json"
