@@ -119,13 +119,13 @@ def run_kd_step(args, cfg, examples, batches: list[list[int]]) -> dict:
     process: no Ray, DeepSpeed or MLflow. Separates the model-side cost from the runtime's."""
     import torch
 
-    from kd.training import DistillStep, build_loss, build_student
+    from kd.training import DistillStep, build_student
 
     device = torch.device(args.device)
     bf16 = args.device == "cuda" and args.precision == "bf16"
     torch.manual_seed(args.seed)
     student = build_student(cfg, None)
-    module = DistillStep(cfg.mode, student, build_loss(cfg, student, None)).to(device)
+    module = DistillStep.from_config(cfg, student).to(device)
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
@@ -163,7 +163,7 @@ def _kd_step_deepspeed(args, cfg, examples, batches: list[list[int]]) -> dict:
     import torch.distributed as dist
 
     from kd.runtime.distill import deepspeed_config, zero_stage
-    from kd.training import DistillStep, build_loss, build_student
+    from kd.training import DistillStep, build_student
 
     if not dist.is_initialized():
         with socket.socket() as sock:
@@ -173,7 +173,7 @@ def _kd_step_deepspeed(args, cfg, examples, batches: list[list[int]]) -> dict:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     torch.manual_seed(args.seed)
     student = build_student(cfg, None)
-    module = DistillStep(cfg.mode, student, build_loss(cfg, student, None))
+    module = DistillStep.from_config(cfg, student)
     engine, _, _, _ = deepspeed.initialize(model=module, config=deepspeed_config(cfg, len(batches)),
                                            model_parameters=[p for p in module.parameters() if p.requires_grad])
     engine.train()

@@ -220,12 +220,20 @@ class DistillStep(nn.Module):
     tree (not trained, not checkpointed).
     """
 
-    def __init__(self, mode: str, student: Ranker, loss: nn.Module, teacher: Ranker | None = None):
+    def __init__(self, mode: str, student: Ranker, loss: nn.Module, teacher: Ranker | None = None,
+                 student_scale: float = 1.0):
         super().__init__()
-        self.mode, self.student, self.loss = mode, student, loss
+        self.mode, self.student, self.loss, self.student_scale = mode, student, loss, student_scale
         self._teacher = [teacher]  # a list keeps it out of .parameters() / state_dict()
         if mode == "in_loop" and teacher is not None and teacher.tokenizer.get_vocab() != student.tokenizer.get_vocab():
             raise ValueError("in-loop KD runs teacher and student on the same tokens: their vocabularies differ")
+
+    @classmethod
+    def from_config(cls, cfg: DistillConfig, student: Ranker, teacher: Ranker | None = None) -> "DistillStep":
+        """The step `cfg` defines: its loss (`build_loss`), `loss.student_scale`, and the teacher held only where the
+        step runs it (in-loop and embedding KD)."""
+        return cls(cfg.mode, student, build_loss(cfg, student, teacher),
+                   teacher if cfg.mode in ("in_loop", "embedding") else None, cfg.loss.student_scale)
 
     @property
     def teacher(self) -> Ranker | None:
@@ -251,7 +259,7 @@ class DistillStep(nn.Module):
                              [a.float() for a in t.attentions], [h.float() for h in s.hidden_states],
                              [h.float() for h in t.hidden_states], inputs["attention_mask"])
         s_pos, s_neg = self.student.score_triples(q, batch["pos"], batch["neg"])
-        s_pos, s_neg = s_pos.float(), s_neg.float()
+        s_pos, s_neg = s_pos.float() * self.student_scale, s_neg.float() * self.student_scale  # LossConfig
         if self.mode == "supervised":
             return self.loss(s_pos, s_neg)
         t_pos, t_neg = batch["t_pos"].to(device), batch["t_neg"].to(device)

@@ -333,3 +333,29 @@ def test_search_space_points_are_the_discrete_grid_with_ranges_at_both_ends():
                                      {"a": 1, "b": "x", "lr": 1e-3}]
     with pytest.raises(ValueError, match="low must be < high"):
         Dimension(uniform=[2, 1])
+
+
+def test_student_scale_multiplies_the_students_scores_before_the_loss(tmp_path, minilm_path):
+    """loss.student_scale α: the loss sees α·s (Margin-MSE of α-scaled margins), the twin-free modes only."""
+    import torch
+
+    from kd.models import BertDot
+    from kd.training import DistillStep
+
+    with pytest.raises(ConfigError, match="field loss.student_scale: Input should be greater than 0"):
+        _distill(tmp_path, "loss.student_scale=0")
+    with pytest.raises(ConfigError, match="field loss.student_scale: scales ranking scores; mode 'embedding'"):
+        load_config(DistillConfig, None, ["mode=embedding", "student.architecture=bert_dot", "run.name=x",
+                                          "loss.name=embedding_alignment", "loss.student_scale=5",
+                                          f"teacher.model={minilm_path}", f"data.query_files=[{tmp_path}/q.tsv]"])
+    torch.manual_seed(0)
+    student = BertDot.from_backbone(minilm_path, max_passage_length=32).eval()
+    batch = {"query": ["what causes tides", "insulin"], "pos": ["the moon's gravity pulls the ocean", "a hormone"],
+             "neg": ["stock markets fell", "a river delta"], "t_pos": torch.tensor([3.0, 2.0]),
+             "t_neg": torch.tensor([-1.0, 0.5])}
+    with torch.no_grad():
+        s_pos, s_neg = student.score_triples(batch["query"], batch["pos"], batch["neg"])
+        expected = ((10 * (s_pos - s_neg) - (batch["t_pos"] - batch["t_neg"])) ** 2).mean()
+        got = DistillStep.from_config(_distill(tmp_path, "loss.student_scale=10"), student)(batch)
+        plain = DistillStep.from_config(_distill(tmp_path), student)(batch)
+    assert torch.allclose(got, expected, atol=1e-5) and not torch.allclose(got, plain, atol=1e-3)

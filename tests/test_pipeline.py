@@ -178,6 +178,8 @@ def test_the_nokd_twin_is_the_kd_student_but_for_its_loss_and_names(tmp_path):
 
     stages = [s.name for s in Pipeline(cfg).plan()]
     assert stages == ["mine", "score", "student-dot", "student-dot-nokd", "evaluate", "register"]
+    scaled = _own(tmp_path, ["students.0.loss.student_scale=10"])  # the same student's scores: the same scale
+    assert [scaled.student_config(0, scores=scores, twin=t).loss.student_scale for t in (False, True)] == [10, 10]
 
 
 @pytest.mark.parametrize("override, message", [

@@ -42,8 +42,15 @@ class StudentConfig(Strict):
 
 
 class LossConfig(Strict):
+    """`student_scale` α multiplies the student's scores before a score loss (Margin-MSE, RankNet, …): α·s. It
+    changes no ranking, only the scale the loss sees. A student with bounded scores — the cosine of L2-normalised
+    embeddings (all-MiniLM-L6-v2's BERT_DOT) is in [−1, 1] — cannot otherwise reach a teacher's margins (a z-scored
+    ensemble's are ~0.8 ± 0.9): Margin-MSE then only pushes its margins to saturation. The temperature of
+    contrastive bi-encoder losses (sentence-transformers' MultipleNegativesRankingLoss: scale 20) is the same idea."""
+
     name: str
     options: dict[str, Any] = {}
+    student_scale: float = Field(1.0, gt=0)
 
 
 class TeacherConfig(Strict):
@@ -187,6 +194,9 @@ class DistillConfig(Strict):
         if not fits(self.loss.name):
             ok = sorted(n for n in LOSS_KINDS if fits(n))
             return [("loss.name", f"loss {self.loss.name!r} does not fit mode {self.mode!r}; use one of {ok}")]
+        if self.loss.student_scale != 1.0 and self.mode not in ("score_file", "supervised"):
+            return [("loss.student_scale", f"scales ranking scores; mode {self.mode!r} trains on logits / "
+                                           "embeddings: leave it at 1")]
         return []
 
     def _mode_errors(self, context: Any) -> Errors:

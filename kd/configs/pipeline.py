@@ -27,8 +27,8 @@ A bm25 member's `corpus` (and `use_title`) default to the pipeline's `data.passa
 statistics are those of the collection the triples come from. The evaluate stage evaluates the ensemble the scoring
 stage saved (<output_dir>/scores/ensemble) as the model `teacher`, not one model per member.
 
-The no-KD twin (`nokd_twin: true`) is the KD student's DistillConfig with only the loss (RankNet), the run / MLflow
-names and the registry (none: the twin is not registered) changed. It reads the SAME teacher-score file — RankNet
+The no-KD twin (`nokd_twin: true`) is the KD student's DistillConfig with only the loss (RankNet; its
+`loss.student_scale` kept), the run / MLflow names and the registry (none: the twin is not registered) changed. It reads the SAME teacher-score file — RankNet
 ignores the scores — so it gets the identical examples in the identical seeded order for the identical number of
 optimizer steps, from the same initialisation: the difference between the two is the teacher's signal alone.
 
@@ -299,7 +299,9 @@ class PipelineConfig(Strict):
                  validation=self._validation(spec), mlflow=self.stage_mlflow(f"student-{name}").model_dump(),
                  run={"name": f"{self.name}-student-{name}", "storage_path": str(self.out / "runs")})
         if twin:
-            d.update(loss={"name": "ranknet", "options": {}}, registry=RegistryConfig().model_dump())
+            # the same student's scores, so the same loss.student_scale: only the teacher signal differs
+            d.update(loss={"name": "ranknet", "options": {}, "student_scale": d["loss"].get("student_scale", 1.0)},
+                     registry=RegistryConfig().model_dump())
         return self._validate(DistillConfig, d, planned)
 
     def ensemble(self) -> list[TeacherSpec]:

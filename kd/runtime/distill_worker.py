@@ -87,7 +87,7 @@ class Worker:
         import ray.train
 
         from kd.runtime.distill import deepspeed_config
-        from kd.training import DistillStep, Validator, build_loss, build_student, load_examples, load_teacher_model
+        from kd.training import DistillStep, Validator, build_student, load_examples, load_teacher_model
         from kd.training import metric_key, rank_batches
 
         self.cfg = cfg
@@ -100,8 +100,7 @@ class Worker:
         torch.manual_seed(t.seed)  # identical initial student (and heads) on every rank
         teacher = load_teacher_model(cfg)
         student = build_student(cfg, teacher)
-        self.module = DistillStep(cfg.mode, student, build_loss(cfg, student, teacher), teacher if cfg.mode in
-                                  ("in_loop", "embedding") else None)
+        self.module = DistillStep.from_config(cfg, student, teacher)
         if self.module.teacher is not None:
             self.module.teacher.to(device=self.device, dtype=torch.bfloat16 if self.bf16 else torch.float32)
         self.examples = load_examples(cfg)
