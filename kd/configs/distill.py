@@ -112,6 +112,10 @@ class TrainingConfig(Strict):
     zero_stage: Literal[0, 1, 2, "auto"] = "auto"  # auto: 2 on GPU, 0 on CPU (ZeRO only costs time in host memory)
     bf16: bool = True  # only on GPU; CPU always trains in fp32
     seed: int = 42
+    group_by_length: int = Field(
+        0, ge=0, description="a window in steps: 0 = off (the plain seeded batches); W > 0 = micro-batches of "
+                             "examples of similar length, sorted inside mega-batches of W steps "
+                             "(kd.training.length_grouped_batches); 50 is HF's largest")
     checkpoint_every: int = Field(100, ge=1)
     num_to_keep: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0)
@@ -120,6 +124,16 @@ class TrainingConfig(Strict):
     deepspeed_config: ExistingFile | None = Field(
         None, description="DeepSpeed JSON (e.g. cluster/deepspeed/zero2.json) merged over the generated config; batch "
                           "sizes, optimizer, scheduler and precision always come from this section")
+
+    @field_validator("group_by_length", mode="before")
+    @classmethod
+    def _window_not_bool(cls, v):
+        """A window size, not a switch: `true` would silently become a window of 1 step, which sorts only inside
+        one step's examples (almost no grouping). A size says how much order is traded for less padding: larger
+        pads less and shuffles less; HF's group_by_length uses min(50, examples / (4 × batch))."""
+        if isinstance(v, bool):
+            raise ValueError(f"a window size in steps (e.g. 50), or 0 for off; not {str(v).lower()}")
+        return v
 
     @field_validator("deepspeed_config")
     @classmethod
