@@ -88,7 +88,7 @@ class Worker:
 
         from kd.runtime.distill import deepspeed_config
         from kd.training import DistillStep, Validator, build_student, load_examples, load_teacher_model
-        from kd.training import metric_key, rank_batches
+        from kd.training import example_lengths, metric_key, rank_batches
 
         self.cfg = cfg
         t = cfg.training
@@ -105,7 +105,10 @@ class Worker:
             self.module.teacher.to(device=self.device, dtype=torch.bfloat16 if self.bf16 else torch.float32)
         self.examples = load_examples(cfg)
         mb, ga = t.micro_batch_size, t.gradient_accumulation_steps
-        per_epoch_batches = len(rank_batches(len(self.examples), 0, t.seed, self.rank, self.world, mb))
+        # training.group_by_length: the student's token counts, the key the grouped batches sort by
+        self.lengths = example_lengths(self.examples, student) if t.group_by_length else None
+        per_epoch_batches = len(rank_batches(len(self.examples), 0, t.seed, self.rank, self.world, mb, self.lengths,
+                                             t.group_by_length))
         self.steps_per_epoch = per_epoch_batches // ga
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.examples)} examples are too few for {self.world} workers × micro_batch_size "
@@ -163,8 +166,8 @@ class Worker:
         self.losses, self.t_last, self.seen_since = [], time.perf_counter(), 0
         while self.step < self.total_steps:
             epoch = self.step // self.steps_per_epoch
-            batches = rank_batches(len(self.examples), epoch, t.seed, self.rank, self.world, mb)[
-                : self.steps_per_epoch * ga]
+            batches = rank_batches(len(self.examples), epoch, t.seed, self.rank, self.world, mb, self.lengths,
+                                   t.group_by_length)[: self.steps_per_epoch * ga]
             for bi in range((self.step - epoch * self.steps_per_epoch) * ga, len(batches)):
                 # dropout: f(step, rank)
                 torch.manual_seed(t.seed * 1_000_003 + self.rank * 10_007 + epoch * 100_003 + bi)
