@@ -1,5 +1,5 @@
-"""bench/training.py's inputs: the scored SciFact triples every row trains on, the jobs.distill config of "ours", and
-the tokens kd's step encodes per triple.
+"""bench/training.py's inputs: the scored SciFact triples every row trains on, the jobs.distill config of "ours", the
+tokens kd's step encodes per triple, and the padding fraction of plain vs length-grouped batches.
 
 Data: SciFact train, BM25 top-100 (kd.data.bm25_beir) -> kd.data.mine_triples(n_negatives=1, seed=0) -> the first K
 triples, joined with their text by kd.data.join_triples (the jobs' own id -> text join), scored by the
@@ -54,7 +54,8 @@ def job_config(args, tmp: Path, data: dict, name: str, workers: int, cpus_per_wo
         "training": {"num_workers": workers, "cpus_per_worker": cpus_per_worker, "use_gpu": args.device == "cuda",
                      "bf16": args.precision == "bf16", "micro_batch_size": args.micro_batch, "epochs": 1,
                      "max_steps": total, "lr": args.lr, "zero_stage": args.zero_stage, "seed": args.seed, "log_every": 1,
-                     "checkpoint_every": total, "max_failures": 0, "gradient_clipping": 1.0},
+                     "checkpoint_every": total, "max_failures": 0, "gradient_clipping": 1.0,
+                     "group_by_length": args.group_by_length},
         "registry": {"name": None},
         "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "bench-training", "run_name": name},
         "run": {"name": name, "storage_path": str(tmp / "runs")},
@@ -79,3 +80,33 @@ def kd_token_counts(args, examples, batches: list[list[int]]) -> dict:
         real += int(q.sum() + d.sum())
         n += len(idx)
     return {"padded_tokens_per_triple": padded / max(n, 1), "real_tokens_per_triple": real / max(n, 1)}
+
+
+PADDING_WINDOW = 50  # the window the padding comparison groups with when --group-by-length is 0 (HF's largest)
+
+
+def train_batches(args, cfg, examples) -> list[list[int]]:
+    """The batches every row trains on: rank 0 of 1 worker's first epoch (kd.training.rank_batches), grouped by
+    length when --group-by-length W > 0 (the job's own training.group_by_length, the same token-count key)."""
+    from kd.training import build_student, example_lengths, rank_batches
+
+    lengths = example_lengths(examples, build_student(cfg, None)) if args.group_by_length else None
+    return rank_batches(len(examples), 0, args.seed, 0, 1, args.micro_batch, lengths, args.group_by_length)
+
+
+def padding_fractions(args, cfg, examples) -> dict:
+    """Pad tokens / all tokens (kd.training.padding_fraction: the kd student's own tokenization and max lengths)
+    over every micro-batch of the epoch, plain (before) vs grouped by length (after, window --group-by-length, or
+    PADDING_WINDOW when it is 0). The epoch is the bench's own triples: a window at least as long as the epoch
+    sorts all of them, so a larger data set with the same window pads more than this."""
+    from kd.training import build_student, example_lengths, padding_fraction, rank_batches
+
+    student = build_student(cfg, None)
+    window = args.group_by_length or PADDING_WINDOW
+    plain = rank_batches(len(examples), 0, args.seed, 0, 1, args.micro_batch)
+    grouped = rank_batches(len(examples), 0, args.seed, 0, 1, args.micro_batch, example_lengths(examples, student),
+                           window)
+    return {"window": window, "length_key": "kd.training.example_lengths (student token counts, truncated)",
+            "examples": len(examples), "micro_batches": len(plain), "micro_batch": args.micro_batch,
+            "padding_fraction_before": padding_fraction(student, examples, plain),
+            "padding_fraction_after": padding_fraction(student, examples, grouped)}

@@ -198,6 +198,11 @@ def print_table(result: dict) -> None:
     print()
     print(f"speedup ours_1w / peer: {fmt(sp['ours_1w_vs_peer'], '.3f')}x   "
           f"2 workers / 1 worker: {fmt(sc['ours_2w_vs_1w'], '.3f')}x")
+    pad = result.get("padding")
+    if pad:
+        print(f"padding fraction (epoch of {pad['examples']} triples, {pad['micro_batches']} micro-batches): plain "
+              f"{pad['padding_fraction_before']:.4f}, grouped by length (window {pad['window']}) "
+              f"{pad['padding_fraction_after']:.4f}")
     for name, c in result["checks"].items():
         print(f"check {name}: value {fmt(c['value'], '.3f')} target >= {c['target']} pass {c['pass']}")
     probe = result.get("thread_probe") or {}

@@ -28,8 +28,12 @@ Data: SciFact train, BM25 top-100 (kd.data.bm25_beir) -> kd.data.mine_triples(n_
 triples, scored by the all-MiniLM-L6-v2 bi-encoder teacher (kd.teachers.load_bi_encoder_teacher) and written with
 kd.data.write_teacher_scores. K = 2 x (warmup + steps) x micro batch, enough for the 2-worker run. The peer reads the
 examples through kd.training.load_examples (identical text joins) and takes the batches kd.training.rank_batches gives
-rank 0 of 1 worker, so peer, kd_step, ours_1w (and ours_1w_1cpu) train on exactly the same batches in the same
-order.
+rank 0 of 1 worker (grouped by length with --group-by-length W, as the job's training.group_by_length = W), so
+peer, kd_step, ours_1w (and ours_1w_1cpu) train on exactly the same batches in the same order.
+
+Padding: `padding` holds padding_fraction_before / _after, pad tokens / all tokens of every micro-batch of the epoch
+(kd.training.padding_fraction: the kd student's tokenization and max lengths), plain vs grouped by length (window W,
+or 50 when W is 0). The epoch is the bench's own K triples, so a window of 50 sorts all of them.
 
 Timing: --warmup steps are run and dropped, then --steps steps are timed. Peer: wall clock per step (tokenization,
 forward, backward, clipping, optimizer). Ours: the job's own per-step `examples_per_second` MLflow metric (log_every=1,
@@ -63,7 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from _common import default_data_dir, fmt, machine, quiet_hf  # noqa: E402
-from _training_data import job_config, kd_token_counts, prepare_data  # noqa: E402
+from _training_data import job_config, kd_token_counts, padding_fractions, prepare_data, train_batches  # noqa: E402
 from _training_inproc import run_kd_step, run_kd_step_deepspeed, run_peer  # noqa: E402
 from _training_jobs import probe_main, probe_threads, run_ours  # noqa: E402
 from _training_report import derive, print_table  # noqa: E402
@@ -83,6 +87,9 @@ def parse_args(argv=None):
     ap.add_argument("--max-passage-length", type=int, default=200)
     ap.add_argument("--lr", type=float, default=7e-6)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--group-by-length", type=int, default=0, metavar="W",
+                    help="train every row on length-grouped batches, window W steps (training.group_by_length; "
+                         "default 0: the plain batches); the padding comparison uses W, or 50 when 0")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                     help="default: fp32 on CPU (kd always trains fp32 there), bf16 on CUDA")
@@ -104,8 +111,8 @@ def parse_args(argv=None):
     ap.add_argument("--_probe", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._probe is None:
-        if args.steps < 1 or args.warmup < 0 or args.micro_batch < 1:
-            ap.error("--steps >= 1, --warmup >= 0, --micro-batch >= 1")
+        if args.steps < 1 or args.warmup < 0 or args.micro_batch < 1 or args.group_by_length < 0:
+            ap.error("--steps >= 1, --warmup >= 0, --micro-batch >= 1, --group-by-length >= 0")
         args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
         if args.device == "cpu" and args.precision != "fp32":
             ap.error("CPU training is fp32 in kd (training.bf16 only applies on GPU)")
@@ -124,6 +131,7 @@ def new_result(args) -> dict:
             "steps_timed": args.steps, "warmup_steps": args.warmup, "micro_batch": args.micro_batch,
             "max_query_length": args.max_query_length, "max_passage_length": args.max_passage_length,
             "lr": args.lr, "seed": args.seed, "device": args.device, "precision": args.precision,
+            "group_by_length": args.group_by_length,
             "student": "bert_dot, all-MiniLM-L6-v2 (default_backbone()), mean pooling, normalize as declared, 6 layers",
             "ours": "jobs.distill score_file margin_mse, DeepSpeed (ZeRO stage: --zero-stage), AdamW (torch_adam), log_every=1, "
                     "validation off, registry.name null, MLflow sqlite in a temp dir, RAY_ADDRESS=local",
@@ -217,7 +225,7 @@ def thread_probe(result: dict) -> None:
 def run_rows(args, result: dict, tmp: Path, gpus: int) -> None:
     """Data, then every row, in the order: in-process rows, job rows, thread probe."""
     from kd.configs.distill import DistillConfig
-    from kd.training import load_examples, rank_batches
+    from kd.training import load_examples
 
     print(f"[bench] preparing data (BM25 + mining + teacher scores) in {tmp}", flush=True)
     data = prepare_data(args, tmp)
@@ -225,10 +233,14 @@ def run_rows(args, result: dict, tmp: Path, gpus: int) -> None:
     cfg = DistillConfig.model_validate(job_config(args, tmp, data, "peer-data", 1, 1))
     examples = load_examples(cfg)
     total = args.warmup + args.steps
-    batches = rank_batches(len(examples), 0, args.seed, 0, 1, args.micro_batch)[:total]
+    batches = train_batches(args, cfg, examples)[:total]
     if len(batches) < total:
         raise SystemExit(f"only {len(examples)} triples: too few for {total} steps of {args.micro_batch}")
     result["data"]["examples_joined"] = len(examples)
+    result["padding"] = padding_fractions(args, cfg, examples)
+    print(f"[bench] padding fraction over the epoch's {result['padding']['micro_batches']} micro-batches: plain "
+          f"{result['padding']['padding_fraction_before']:.4f}, grouped by length (window "
+          f"{result['padding']['window']}) {result['padding']['padding_fraction_after']:.4f}", flush=True)
     result["tokens"] = {"ours_kd_tokenization": kd_token_counts(args, examples, batches[args.warmup:])}
     in_process_rows(args, result, cfg, examples, batches)
     job_rows(args, result, tmp, data, gpus)
