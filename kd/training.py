@@ -399,9 +399,16 @@ def run_fields(cfg: DistillConfig) -> dict:
     return {k: v for k, v in to_flat_dict(cfg).items() if not k.startswith(NOT_RUN_DEFINING)}
 
 
+# fields added to DistillConfig after runs were first saved, with the value such a run was trained with: a run
+# saved without one computed exactly what the field's default computes, so it still resumes
+ADDED_FIELDS = {"loss.student_scale": 1.0, "training.group_by_length": 0}
+
+
 def changed_fields(old: dict, new: dict) -> list[str]:
-    """`key: old → new` for every field that differs (added and removed fields included), sorted by key."""
+    """`key: old → new` for every field that differs (added and removed fields included), sorted by key; a field of
+    ADDED_FIELDS that `old` lacks counts as its old default."""
     missing = object()
+    old = {**{k: v for k, v in ADDED_FIELDS.items() if k in new}, **old}
     shown = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
     return [f"{key}: {shown(old.get(key, missing))} → {shown(new.get(key, missing))}"
             for key in sorted(set(old) | set(new)) if old.get(key, missing) != new.get(key, missing)]

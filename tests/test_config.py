@@ -359,3 +359,13 @@ def test_student_scale_multiplies_the_students_scores_before_the_loss(tmp_path, 
         got = DistillStep.from_config(_distill(tmp_path, "loss.student_scale=10"), student)(batch)
         plain = DistillStep.from_config(_distill(tmp_path), student)(batch)
     assert torch.allclose(got, expected, atol=1e-5) and not torch.allclose(got, plain, atol=1e-3)
+
+
+def test_a_run_saved_before_a_field_existed_resumes_at_its_default():
+    from kd.training import changed_fields
+
+    new = {"loss.name": "margin_mse", "loss.student_scale": 1.0, "training.group_by_length": 0}
+    assert changed_fields({"loss.name": "margin_mse"}, new) == []  # trained with what the defaults compute
+    assert changed_fields({"loss.name": "margin_mse"}, {**new, "loss.student_scale": 5.0}) == [
+        "loss.student_scale: 1.0 → 5.0"]
+    assert changed_fields({"loss.name": "margin_mse", "x": 1}, new) == ["x: 1 → (absent)"]
