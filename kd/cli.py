@@ -221,6 +221,29 @@ class UsageError(ValueError):
     pass
 
 
+def add_export_parser(sub) -> None:
+    """`kd export`: its own function, so build_parser stays one screen."""
+    ex = sub.add_parser("export", help="export a student to ONNX for CPU serving (fp32 or int8)",
+                        description="Export a student (bert_cat, bert_dot, colbert, tinybert_cat) to an ONNX folder: "
+                                    "the graph, its tokenizer and kd_onnx.json (architecture, options, source, opset, "
+                                    "quantization, sha256). --model accepts the folder like any kd model "
+                                    "(onnxruntime, CPU). PreTTR and TK are not exported (the error says why).",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ex.add_argument("--model", required=True, metavar="URI",
+                    help="models:/<name>@<alias> | models:/<name>/<version> | runs:/<id>/model | kd folder")
+    ex.add_argument("--tracking-uri", default=None, help="MLflow tracking server (default $MLFLOW_TRACKING_URI)")
+    ex.add_argument("--format", default="onnx", choices=("onnx",))
+    ex.add_argument("--quantize", default=None, choices=("int8",),
+                    help="int8: dynamic quantization of the Linear weights (default: fp32)")
+    ex.add_argument("--per-tensor", action="store_true", help="int8 with one scale per weight matrix instead of "
+                                                               "one per output channel")
+    ex.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo"),
+                    help="torch.onnx.export's exporter (dynamo needs onnxscript)")
+    ex.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must be empty or absent)")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    ex.set_defaults(fn=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="kd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True, metavar="{rerank,encode,lookup,export,teachers}")
@@ -270,25 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--load", action="store_true", help="also download and load it (adds architecture, size)")
     lk.set_defaults(fn=cmd_lookup)
 
-    ex = sub.add_parser("export", help="export a student to ONNX for CPU serving (fp32 or int8)",
-                        description="Export a student (bert_cat, bert_dot, colbert, tinybert_cat) to an ONNX folder: "
-                                    "the graph, its tokenizer and kd_onnx.json (architecture, options, source, opset, "
-                                    "quantization, sha256). --model accepts the folder like any kd model "
-                                    "(onnxruntime, CPU). PreTTR and TK are not exported (the error says why).",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ex.add_argument("--model", required=True, metavar="URI",
-                    help="models:/<name>@<alias> | models:/<name>/<version> | runs:/<id>/model | kd folder")
-    ex.add_argument("--tracking-uri", default=None, help="MLflow tracking server (default $MLFLOW_TRACKING_URI)")
-    ex.add_argument("--format", default="onnx", choices=("onnx",))
-    ex.add_argument("--quantize", default=None, choices=("int8",),
-                    help="int8: dynamic quantization of the Linear weights (default: fp32)")
-    ex.add_argument("--per-tensor", action="store_true", help="int8 with one scale per weight matrix instead of "
-                                                               "one per output channel")
-    ex.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo"),
-                    help="torch.onnx.export's exporter (dynamo needs onnxscript)")
-    ex.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must be empty or absent)")
-    ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    ex.set_defaults(fn=cmd_export)
+    add_export_parser(sub)
 
     tc = sub.add_parser("teachers", help="teacher ensembles: recombine scored members without rescoring")
     tsub = tc.add_subparsers(dest="teachers_command", required=True, metavar="{combine}")
