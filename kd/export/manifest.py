@@ -13,22 +13,18 @@ the manifest before it builds a session, so a truncated or swapped .onnx file is
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+from kd.teachers.checks import sha256_file
 
 MANIFEST_FILE = "kd_onnx.json"
 FORMAT = "kd-onnx"
 FORMAT_VERSION = 1
 
 
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256 = sha256_file  # the project's one file digest (kd.teachers.checks: torch-free)
 
 
 def is_export_folder(path: str | Path | None) -> bool:
