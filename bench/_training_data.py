@@ -85,27 +85,34 @@ def kd_token_counts(args, examples, batches: list[list[int]]) -> dict:
 PADDING_WINDOW = 50  # the window the padding comparison groups with when --group-by-length is 0 (HF's largest)
 
 
-def train_batches(args, cfg, examples) -> list[list[int]]:
+def length_keys(cfg, examples):
+    """The kd student of `cfg` and the examples' length key (kd.training.example_lengths), computed once for both
+    the training batches and the padding comparison."""
+    from kd.training import build_student, example_lengths
+
+    student = build_student(cfg, None)
+    return student, example_lengths(examples, student)
+
+
+def train_batches(args, examples, lengths) -> list[list[int]]:
     """The batches every row trains on: rank 0 of 1 worker's first epoch (kd.training.rank_batches), grouped by
     length when --group-by-length W > 0 (the job's own training.group_by_length, the same token-count key)."""
-    from kd.training import build_student, example_lengths, rank_batches
+    from kd.training import rank_batches
 
-    lengths = example_lengths(examples, build_student(cfg, None)) if args.group_by_length else None
-    return rank_batches(len(examples), 0, args.seed, 0, 1, args.micro_batch, lengths, args.group_by_length)
+    return rank_batches(len(examples), 0, args.seed, 0, 1, args.micro_batch,
+                        lengths if args.group_by_length else None, args.group_by_length)
 
 
-def padding_fractions(args, cfg, examples) -> dict:
+def padding_fractions(args, student, examples, lengths) -> dict:
     """Pad tokens / all tokens (kd.training.padding_fraction: the kd student's own tokenization and max lengths)
     over every micro-batch of the epoch, plain (before) vs grouped by length (after, window --group-by-length, or
     PADDING_WINDOW when it is 0). The epoch is the bench's own triples: a window at least as long as the epoch
     sorts all of them, so a larger data set with the same window pads more than this."""
-    from kd.training import build_student, example_lengths, padding_fraction, rank_batches
+    from kd.training import padding_fraction, rank_batches
 
-    student = build_student(cfg, None)
     window = args.group_by_length or PADDING_WINDOW
     plain = rank_batches(len(examples), 0, args.seed, 0, 1, args.micro_batch)
-    grouped = rank_batches(len(examples), 0, args.seed, 0, 1, args.micro_batch, example_lengths(examples, student),
-                           window)
+    grouped = rank_batches(len(examples), 0, args.seed, 0, 1, args.micro_batch, lengths, window)
     return {"window": window, "length_key": "kd.training.example_lengths (student token counts, truncated)",
             "examples": len(examples), "micro_batches": len(plain), "micro_batch": args.micro_batch,
             "padding_fraction_before": padding_fraction(student, examples, plain),

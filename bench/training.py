@@ -67,7 +67,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from _common import default_data_dir, fmt, machine, quiet_hf  # noqa: E402
-from _training_data import job_config, kd_token_counts, padding_fractions, prepare_data, train_batches  # noqa: E402
+from _training_data import (job_config, kd_token_counts, length_keys, padding_fractions, prepare_data,  # noqa: E402
+                            train_batches)
 from _training_inproc import run_kd_step, run_kd_step_deepspeed, run_peer  # noqa: E402
 from _training_jobs import probe_main, probe_threads, run_ours  # noqa: E402
 from _training_report import derive, print_table  # noqa: E402
@@ -233,11 +234,13 @@ def run_rows(args, result: dict, tmp: Path, gpus: int) -> None:
     cfg = DistillConfig.model_validate(job_config(args, tmp, data, "peer-data", 1, 1))
     examples = load_examples(cfg)
     total = args.warmup + args.steps
-    batches = train_batches(args, cfg, examples)[:total]
+    student, lengths = length_keys(cfg, examples)
+    batches = train_batches(args, examples, lengths)[:total]
     if len(batches) < total:
         raise SystemExit(f"only {len(examples)} triples: too few for {total} steps of {args.micro_batch}")
     result["data"]["examples_joined"] = len(examples)
-    result["padding"] = padding_fractions(args, cfg, examples)
+    result["padding"] = padding_fractions(args, student, examples, lengths)
+    del student  # only its tokenizer and max lengths were needed: the rows build their own
     print(f"[bench] padding fraction over the epoch's {result['padding']['micro_batches']} micro-batches: plain "
           f"{result['padding']['padding_fraction_before']:.4f}, grouped by length (window "
           f"{result['padding']['window']}) {result['padding']['padding_fraction_after']:.4f}", flush=True)
