@@ -15,9 +15,9 @@ from kd.configs.evaluate import EvalConfig
 from kd.evaluation import (
     EvaluationError,
     TaskResult,
+    ShardSet,
     TaskRunner,
     aggregate,
-    assemble_embeddings,
     build_index,
     encode_texts,
     format_table,
@@ -29,8 +29,11 @@ from kd.evaluation import (
     run_all,
     score_pairs,
     search_index,
+    search_shards,
     split_passages,
+    to_run,
     top_candidates,
+    write_piece,
 )
 from kd.models import BertCat, ColBERT
 
@@ -95,19 +98,27 @@ def test_plan_batches_is_length_sorted_complete_and_deterministic():
         plan_batches(texts, 0)
 
 
-def test_assemble_embeddings_is_order_independent_and_complete():
-    docids = ["d1", "d2", "d3", "d4"]
+def test_shard_set_is_order_independent_and_complete(tmp_path):
+    """Pieces written in any order and grouping (e.g. by Ray actors) read back as the corpus; every document must
+    be there exactly once."""
     emb = np.arange(8, dtype=np.float32).reshape(4, 2)
-    parts_a = [(["d1", "d2"], emb[:2]), (["d3", "d4"], emb[2:])]
-    parts_b = [(["d4"], emb[3:]), (["d2", "d1"], emb[[1, 0]]), (["d3"], emb[2:3])]  # two "actors", any order
-    np.testing.assert_array_equal(assemble_embeddings(docids, parts_a), emb)
-    np.testing.assert_array_equal(assemble_embeddings(docids, parts_b), emb)
-    with pytest.raises(RuntimeError, match="missing e.g. \\['d4'\\]"):
-        assemble_embeddings(docids, parts_a[:1] + [(["d3"], emb[2:3])])
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, parts in ((a, [([0, 1], emb[:2]), ([2, 3], emb[2:])]),
+                          (b, [([3], emb[3:]), ([1, 0], emb[[1, 0]]), ([2], emb[2:3])])):  # two "actors", any order
+        folder.mkdir()
+        for i, (rows, e) in enumerate(parts):
+            write_piece(folder, f"{i:09d}", rows, e)
+        np.testing.assert_array_equal(ShardSet.open(folder, 4).load_all(), emb)
+    write_piece(a, "000000009", [3], emb[3:])
     with pytest.raises(RuntimeError, match="twice"):
-        assemble_embeddings(docids, parts_a + [(["d1"], emb[:1])])
-    with pytest.raises(RuntimeError, match="unknown document 'x'"):
-        assemble_embeddings(docids, parts_a + [(["x"], emb[:1])])
+        ShardSet.open(a, 4)
+    (a / "000000001.rows.npy").unlink()
+    (a / "000000009.rows.npy").unlink()
+    with pytest.raises(RuntimeError, match="wrote 2 of 4 embeddings"):
+        ShardSet.open(a, 4)
+    write_piece(a, "000000008", [7], emb[:1])
+    with pytest.raises(RuntimeError, match="outside"):
+        ShardSet.open(a, 4)
 
 
 def test_split_passages_windows_stride_title_and_cap():
@@ -140,12 +151,15 @@ def test_aggregations():
 def test_flat_index_search_breaks_ties_by_docid_like_trec_eval():
     emb = np.array([[1, 0], [1, 0], [0, 1], [1, 0]], dtype=np.float32)
     docids = ["a", "c", "z", "b"]
-    run = search_index(build_index(emb), np.array([[1, 0]], dtype=np.float32), ["q"], docids, top_k=2)
-    assert list(run["q"]) == ["c", "b"]  # three-way tie at 1.0: docid descending, cut at 2
-    hnsw = search_index(build_index(emb, "hnsw", hnsw_m=8), np.array([[0, 1]], dtype=np.float32), ["q"], docids, 1)
-    assert list(hnsw["q"]) == ["z"]
+    rows = np.arange(4)
+    q = np.array([[1, 0]], dtype=np.float32)
+    for shards in ([(rows, emb)], [(rows[:1], emb[:1]), (rows[1:3], emb[1:3]), (rows[3:], emb[3:])]):
+        run = to_run(*search_shards(shards, q, docids, top_k=2), ["q"], docids)
+        assert list(run["q"]) == ["c", "b"]  # three-way tie at 1.0: docid descending, cut at 2
+    hnsw = search_index(build_index(emb, "hnsw", hnsw_m=8), np.array([[0, 1]], dtype=np.float32), docids, 1)
+    assert list(to_run(*hnsw, ["q"], docids)["q"]) == ["z"]
     with pytest.raises(EvaluationError, match="embedding space"):
-        search_index(build_index(emb), np.ones((1, 3), dtype=np.float32), ["q"], docids, 1)
+        search_shards([(rows, emb)], np.ones((1, 3), dtype=np.float32), docids, 1)
 
 
 def test_format_table_and_plot(tmp_path):
@@ -323,18 +337,17 @@ def test_dense_in_process_equals_any_actor_split_and_writes_trec(tmp_path, mini_
     assert local.metrics["ndcg@10"] > 0.5 and local.info["n_queries"] == 12 and local.info["n_docs"] >= 60
     trec = Path(local.files["run"]).read_text()
 
-    # a corpus encoder that runs the same plan like two actors would: interleaved batches, results out of order
+    # a corpus encoder that runs the same plan like two actors would: interleaved batches, pieces out of order
     calls = []
 
-    def two_actors(dspec, model, docids, texts):
+    def two_actors(dspec, model, docids, texts, folder):
         from kd.evaluation import encode_batch, load_spec
 
         m = load_spec(dspec)
         plan = plan_batches(texts, cfg.compute.batch_size)
-        parts = [([docids[i] for i in idx], encode_batch(m, [texts[i] for i in idx])) for idx in plan[1::2]]
-        parts += [([docids[i] for i in idx], encode_batch(m, [texts[i] for i in idx])) for idx in plan[::2]]
+        for b in [*range(1, len(plan), 2), *range(0, len(plan), 2)][::-1]:
+            write_piece(folder, f"{b:09d}", plan[b], encode_batch(m, [texts[i] for i in plan[b]]))
         calls.append(len(plan))
-        return assemble_embeddings(docids, parts[::-1])
 
     cfg2 = _cfg(tmp_path / "b", models=[spec], tasks=cfg.model_dump()["tasks"])
     (split,) = run_all(cfg2, TaskRunner(cfg2, corpus_encoder=two_actors))
@@ -464,6 +477,10 @@ def test_runtime_corpus_encoder_local_path_is_the_runners(tmp_path, minilm_path,
     assert isinstance(ray_or_local, LocalCorpusEncoder) and not ray_or_local.use_ray(len(texts))
     model = load_spec(spec)
     expected = encode_texts(model, texts, batch_size=4, precision="fp32")
-    np.testing.assert_array_equal(ray_or_local(spec, model, docids, texts), expected)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ray_or_local(spec, model, docids, texts, tmp_path / "a")
+    np.testing.assert_array_equal(ShardSet.open(tmp_path / "a", len(texts)).load_all(), expected)
     assert ray_or_local.last_backend == "local"
-    np.testing.assert_array_equal(LocalCorpusEncoder(cfg)(spec, None, docids, texts), expected)  # loads the spec
+    LocalCorpusEncoder(cfg)(spec, None, docids, texts, tmp_path / "b")  # loads the spec
+    np.testing.assert_array_equal(ShardSet.open(tmp_path / "b", len(texts)).load_all(), expected)

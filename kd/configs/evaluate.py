@@ -99,6 +99,11 @@ class ComputeConfig(Strict):
     threads_per_actor: int | None = Field(None, ge=1, description="torch threads in each actor (None: max(1, cpus))")
     batches_per_call: int = Field(4, ge=1, description="encoding batches handed to an actor per call")
     batch_size: int = Field(64, ge=1, description="texts (or pairs) per forward pass")
+    shard_size: int = Field(65_536, ge=1, description="dense task: documents per search shard. Encoders write the "
+                                                      "corpus embeddings to <output_dir>/_embeddings/, the search "
+                                                      "reads one shard at a time (driver memory shard_size x dim x 4 "
+                                                      "bytes: 96 MiB at 384-d) and merges the top-k exactly, so the "
+                                                      "run does not depend on it")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast where the hardware has native bf16 (a CUDA GPU from Ampere on, a CPU "

@@ -3,10 +3,11 @@
 Tasks (driven by jobs/evaluate.py through kd.runtime.evaluation, or called directly), one module each:
 
 * `run`        rerank.py     an existing TREC run as it is (baselines).
-* `dense`      dense.py      a BEIR folder: the corpus encoded in fixed, length-sorted batches (`plan_batches`), the
-                             embeddings in an exact inner-product FAISS index (`IndexFlatIP`; HNSW optional), the
-                             judged queries encoded by the (query) model and the top-k searched. The documents may
-                             come from another encoder (seed 003: the teacher's index with a distilled query encoder).
+* `dense`      dense.py      a BEIR folder: the corpus encoded in fixed, length-sorted batches (`plan_batches`) and
+                             written as embedding shards (shards.py) by the encoders, the judged queries encoded by
+                             the (query) model and searched shard by shard, exact inner product with an exact top-k
+                             merge (search.py; HNSW optional). The documents may come from another encoder (seed
+                             003: the teacher's index with a distilled query encoder).
 * `rerank`     rerank.py     a first-stage TREC run + texts: the model re-scores each query's top-k candidates (any
                              architecture).
 * `document`   document.py   documents split into word windows; passage scores aggregated to documents (MaxP, FirstP,
@@ -27,7 +28,7 @@ that run the same plan produce the same index. Rankings are ordered by score, ti
 from __future__ import annotations
 
 from kd.evaluation.checks import EvaluationError, check_corpus, check_overlap, check_run_ids, top_candidates
-from kd.evaluation.dense import build_index, dense_task, doc_encoder_spec, search_index
+from kd.evaluation.dense import build_index, dense_task, doc_encoder_spec, search_corpus
 from kd.evaluation.document import aggregate, document_rerank, document_task, split_passages
 from kd.evaluation.efficiency import (
     OtherLoad,
@@ -40,9 +41,9 @@ from kd.evaluation.efficiency import (
 from kd.evaluation.encoding import (
     CorpusEncoder,
     LocalCorpusEncoder,
-    assemble_embeddings,
     autocast,
     encode_batch,
+    encode_plan,
     encode_texts,
     is_single_vector,
     plan_batches,
@@ -52,6 +53,8 @@ from kd.evaluation.report import TABLE_METRICS, format_table, plot_tradeoff
 from kd.evaluation.rerank import baseline_task, rerank, rerank_task, score_pairs
 from kd.evaluation.results import TaskResult, eval_metrics, result_key, write_json
 from kd.evaluation.runner import TaskRunner, run_all
+from kd.evaluation.search import merge_topk, search_index, search_shards, shard_topk, tie_ranks, to_run
+from kd.evaluation.shards import PieceWriter, ShardSet, write_piece
 from kd.models.loader import (
     MODEL_URI_PREFIXES,
     is_model_uri,
@@ -64,11 +67,11 @@ from kd.models.loader import (
 __all__ = [
     "MODEL_URI_PREFIXES", "PREPARE", "TABLE_METRICS", "BeirInputs", "CorpusEncoder", "DocumentInputs",
     "EfficiencyInputs", "EvaluationError", "LocalCorpusEncoder", "OtherLoad", "RerankInputs", "RunInputs",
-    "TaskResult", "TaskRunner", "aggregate", "assemble_embeddings", "autocast", "baseline_task", "build_index",
+    "PieceWriter", "ShardSet", "TaskResult", "TaskRunner", "aggregate", "autocast", "baseline_task", "build_index",
     "check_corpus", "check_overlap", "check_run_ids", "dense_task", "doc_encoder_spec", "document_rerank",
-    "document_task", "efficiency_task", "encode_batch", "encode_texts", "eval_metrics", "format_table",
+    "document_task", "efficiency_task", "encode_batch", "encode_plan", "encode_texts", "eval_metrics", "format_table",
     "is_model_uri", "is_single_vector", "latency_stats", "load_ranker", "load_spec", "machine_info",
-    "measure_efficiency", "pick_device", "plan_batches", "plot_tradeoff", "rerank", "rerank_task", "result_key",
-    "run_all", "score_pairs", "search_index", "sentence_transformers_max_length", "split_passages", "time_calls",
-    "top_candidates", "write_json",
+    "measure_efficiency", "merge_topk", "pick_device", "plan_batches", "plot_tradeoff", "rerank", "rerank_task", "result_key",
+    "run_all", "score_pairs", "search_corpus", "search_index", "search_shards", "sentence_transformers_max_length",
+    "shard_topk", "split_passages", "tie_ranks", "time_calls", "to_run", "top_candidates", "write_json", "write_piece",
 ]

@@ -1,25 +1,28 @@
-"""The `dense` task: a BEIR folder's corpus encoded into an inner-product FAISS index, the judged queries searched.
+"""The `dense` task: a BEIR folder's corpus encoded into embedding shards, the judged queries searched over them.
 
 The corpus is encoded in the fixed, length-sorted batches of `plan_batches` (kd/evaluation/encoding.py), by the
-runner's corpus encoder (in-process, or Ray Data actors from kd.runtime.evaluation); the embeddings go into an exact
-inner-product index (`IndexFlatIP`; HNSW optional), the judged queries are encoded by the (query) model and the
-top-k is searched. The documents may come from another encoder (`doc_path`, seed 003: the teacher's index with a
-distilled query encoder).
+runner's corpus encoder (in-process, or Ray Data actors from kd.runtime.evaluation), which writes the embeddings as
+pieces into <output_dir>/_embeddings/<digest>/ (kd/evaluation/shards.py); the driver never gathers them. The judged
+queries are encoded by the (query) model and searched shard by shard (`compute.shard_size` documents each, exact
+inner product, top-k merged exactly: kd/evaluation/search.py), so the driver holds one shard at a time and the run is
+the one a single `IndexFlatIP` over the whole corpus gives. `index: hnsw` (approximate) builds one HNSW graph over the
+whole corpus in the driver instead. The documents may come from another encoder (`doc_path`, seed 003: the
+teacher's index with a distilled query encoder).
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kd.data import ranked
-from kd.data.formats import Run
 from kd.evaluation.checks import EvaluationError
 from kd.evaluation.encoding import encode_texts, is_single_vector
 from kd.evaluation.inputs import BeirInputs
 from kd.evaluation.results import TaskResult, eval_metrics
+from kd.evaluation.search import search_index, search_shards, to_run
+from kd.evaluation.shards import ShardSet
 from kd.models import Ranker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,7 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def build_index(emb: np.ndarray, kind: str = "flat", *, hnsw_m: int = 32, ef_search: int = 512,
                 ef_construction: int = 200):
-    """Exact inner-product index (`flat`) or an HNSW graph with inner-product metric (`hnsw`)."""
+    """Exact inner-product index (`flat`) or an HNSW graph with inner-product metric (`hnsw`) over embeddings in
+    memory (the dense task builds only the HNSW one: its flat search runs on shards, `search_corpus`)."""
     import faiss
 
     emb = np.ascontiguousarray(emb, dtype=np.float32)
@@ -47,23 +51,6 @@ def build_index(emb: np.ndarray, kind: str = "flat", *, hnsw_m: int = 32, ef_sea
     return index
 
 
-def search_index(index, query_emb: np.ndarray, qids: Sequence[str], docids: Sequence[str], top_k: int,
-                 *, slack: int = 16) -> Run:
-    """Top-k per query; `slack` extra hits are fetched so that ties at the cut are broken by docid (trec_eval's
-    order), not by position in the index."""
-    q = np.ascontiguousarray(query_emb, dtype=np.float32)
-    if q.shape[1] != index.d:
-        raise EvaluationError(f"query embeddings have {q.shape[1]} dimensions but the document index {index.d}: "
-                              "query and document encoders must share the embedding space")
-    k = min(top_k + slack, index.ntotal)
-    scores, idx = index.search(q, k)
-    run: Run = {}
-    for qi, qid in enumerate(qids):
-        hits = {docids[j]: float(s) for s, j in zip(scores[qi], idx[qi]) if j >= 0}
-        run[str(qid)] = dict(ranked(hits, top_k))
-    return run
-
-
 def doc_encoder_spec(spec: Mapping[str, Any]) -> dict:
     """The document side of a model spec: `doc_path` with `doc_options` when given (the query model's options and
     layer subset do not apply to it), else the query model itself."""
@@ -72,6 +59,16 @@ def doc_encoder_spec(spec: Mapping[str, Any]) -> dict:
         return {"name": f"{spec['name']}:docs", "path": spec["doc_path"], "options": spec.get("doc_options") or {},
                 "layers": None, "num_layers": None}
     return {k: spec.get(k) for k in ("name", "path", "options", "layers", "num_layers")}
+
+
+def search_corpus(shards: ShardSet, query_emb: np.ndarray, docids: list[str], task,
+                  shard_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, corpus rows) of the task's top-k per query: exact, shard by shard (`flat`), or one HNSW graph over
+    the whole corpus (`hnsw`: approximate, so it cannot be sharded without changing its results)."""
+    if task.index == "hnsw":
+        index = build_index(shards.load_all(), "hnsw", hnsw_m=task.hnsw_m, ef_search=task.hnsw_ef_search)
+        return search_index(index, query_emb, docids, task.top_k)
+    return search_shards(shards.shards(shard_size), query_emb, docids, task.top_k)
 
 
 def dense_task(runner: "TaskRunner", task, spec, model: Ranker, inputs: BeirInputs) -> TaskResult:
@@ -85,18 +82,19 @@ def dense_task(runner: "TaskRunner", task, spec, model: Ranker, inputs: BeirInpu
     docids = list(texts_by_id)
     texts = [texts_by_id[d] for d in docids]
     queries = inputs.queries
-    emb = runner.corpus_embeddings(spec, model, task.beir, docids, texts, task.use_title)
+    shards = runner.corpus_embeddings(spec, model, task.beir, docids, texts, task.use_title)
     t_enc = time.perf_counter()
     qids = sorted(queries)
     qemb = encode_texts(model, [queries[q] for q in qids], kind="queries", batch_size=cfg.compute.batch_size,
                         precision=cfg.compute.precision)
-    index = build_index(emb, task.index, hnsw_m=task.hnsw_m, ef_search=task.hnsw_ef_search)
-    run = search_index(index, qemb, qids, docids, task.top_k)
+    shard_size = cfg.compute.shard_size
+    run = to_run(*search_corpus(shards, qemb, docids, task, shard_size), qids, docids)
     t_search = time.perf_counter()
     metrics, res = eval_metrics(run, inputs.ds.qrels, cfg.metrics_for(task), cfg.relevance_for(task),
                                 run_source=f"dense run of {spec.name}", qrels_source=inputs.qrels_source)
-    info = {"n_queries": res.n_queries, "n_docs": len(docids), "dim": int(emb.shape[1]), "index": task.index,
+    info = {"n_queries": res.n_queries, "n_docs": len(docids), "dim": shards.dim, "index": task.index,
             "top_k": task.top_k, "relevance_level": cfg.relevance_for(task),
+            "shards": 1 if task.index == "hnsw" else shards.count_shards(shard_size),
             "doc_encoder": spec.doc_path or spec.path, "query_encoder": spec.path,
             "seconds_corpus": t_enc - t0, "seconds_search": t_search - t_enc,
             "seconds": time.perf_counter() - t0, **runner.precision_info()}

@@ -2,12 +2,12 @@
 corpus encoder.
 
 Determinism: corpus embeddings are computed batch by batch from a plan that depends only on the texts (sorted by
-character length, ties by position), and are collected by document id into corpus order, so any number of workers
-that run the same plan produce the same index.
+character length, ties by position), and are written as pieces keyed by each document's position in the corpus
+(kd/evaluation/shards.py), so any number of workers that run the same plan produce the same embeddings.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,18 @@ from kd.models import BertDot, Ranker
 from kd.models.loader import load_spec, pick_device
 from kd.precision import resolve_precision
 from kd.progress import Progress
+from kd.evaluation.shards import PieceWriter
 
 
 def is_single_vector(model: Ranker) -> bool:
     """Dense retrieval (one vector per text, inner product) works with BERT_DOT-style models."""
     return isinstance(model, BertDot)
+
+
+def require_single_vector(model: Ranker) -> None:
+    if not is_single_vector(model):
+        raise EvaluationError(f"{model.architecture!r} has no single-vector encoder: dense retrieval needs a bert_dot "
+                              "model (score ColBERT, cross-encoders, PreTTR and TK with the rerank task)")
 
 
 def plan_batches(texts: Sequence[str], batch_size: int) -> list[list[int]]:
@@ -69,61 +76,43 @@ def encode_texts(
     desc: str | None = None,
 ) -> np.ndarray:
     """Encode texts in the fixed length-sorted batches of `plan_batches`; rows in input order, float32."""
-    if not is_single_vector(model):
-        raise EvaluationError(f"{model.architecture!r} has no single-vector encoder: dense retrieval needs a bert_dot "
-                              "model (score ColBERT, cross-encoders, PreTTR and TK with the rerank task)")
+    require_single_vector(model)
     if len(texts) == 0:
         raise ValueError(f"no texts to encode ({kind})")
-    batches = plan_batches(texts, batch_size)
     out = np.empty((len(texts), model.embedding_dim), dtype=np.float32)
+    for _, idx, emb in encode_plan(model, texts, plan_batches(texts, batch_size), kind, precision=precision,
+                                   show_progress=show_progress, desc=desc):
+        out[idx] = emb
+    return out
+
+
+def encode_plan(model: BertDot, texts: Sequence[str], plan: Sequence[Sequence[int]], kind: str = "docs", *,
+                precision: str = "auto", show_progress: bool = False,
+                desc: str | None = None) -> Iterator[tuple[int, Sequence[int], np.ndarray]]:
+    """(batch number, positions, float32 embeddings) per planned batch, the model in eval mode meanwhile."""
     was_training = model.training
     model.eval()
     progress = Progress(desc or f"encoding {kind}", len(texts), unit="texts", enabled=show_progress)
     try:
-        for idx in batches:
-            out[idx] = encode_batch(model, [texts[i] for i in idx], kind, precision=precision)
+        for b, idx in enumerate(plan):
+            yield b, idx, encode_batch(model, [texts[i] for i in idx], kind, precision=precision)
             progress.update(len(idx))
     finally:
         model.train(was_training)
-    progress.close()
-    return out
+        progress.close()
 
 
-def assemble_embeddings(docids: Sequence[str], parts: Sequence[tuple[Sequence[str], np.ndarray]]) -> np.ndarray:
-    """Embeddings returned in any order and grouping (e.g. by Ray actors) → one matrix in `docids` order.
-
-    Every document must come back exactly once.
-    """
-    row = {d: i for i, d in enumerate(docids)}
-    out: np.ndarray | None = None
-    seen = np.zeros(len(docids), dtype=bool)
-    for ids, emb in parts:
-        emb = np.asarray(emb, dtype=np.float32)
-        if out is None:
-            out = np.empty((len(docids), emb.shape[1]), dtype=np.float32)
-        for d, vec in zip(ids, emb):
-            i = row.get(str(d))
-            if i is None:
-                raise RuntimeError(f"encoder returned an embedding for unknown document {d!r}")
-            if seen[i]:
-                raise RuntimeError(f"encoder returned document {d!r} twice")
-            out[i] = vec
-            seen[i] = True
-    if out is None or not seen.all():
-        missing = [docids[i] for i in np.flatnonzero(~seen)[:5]]
-        raise RuntimeError(f"encoder returned {int(seen.sum())} of {len(docids)} embeddings; missing e.g. {missing}")
-    return out
-
-
-# A corpus encoder turns (document-encoder spec, loaded model or None, docids, texts) into float32 embeddings in
-# docids order. The default, LocalCorpusEncoder, runs in this process; kd.runtime.evaluation.CorpusEncoder runs a
-# Ray Data actor pool for large corpora and this one for small ones.
-CorpusEncoder = Callable[[dict, "BertDot | None", list, list], np.ndarray]
+# A corpus encoder encodes (document-encoder spec, loaded model or None, docids, texts) and writes the embeddings as
+# pieces into an empty shard folder (kd/evaluation/shards.py; rows = positions in docids). The default,
+# LocalCorpusEncoder, runs in this process; kd.runtime.evaluation.CorpusEncoder runs a Ray Data actor pool for large
+# corpora (each actor writes its own pieces) and this one for small ones.
+CorpusEncoder = Callable[[dict, "BertDot | None", list, list, Path], None]
 
 
 class LocalCorpusEncoder:
     """In-process corpus encoding with `compute.batch_size` / `compute.precision`: the given document model, or the
-    one the document-encoder spec names, loaded here (registry URIs through `resolve_uri`)."""
+    one the document-encoder spec names, loaded here (registry URIs through `resolve_uri`). Writes a piece every
+    `compute.shard_size` documents, so it holds one shard's embeddings at a time."""
 
     def __init__(self, cfg, resolve_uri: Callable[[str], Path] | None = None, device: torch.device | None = None):
         self.cfg = cfg
@@ -131,9 +120,13 @@ class LocalCorpusEncoder:
         self.device = device
 
     def __call__(self, spec: Mapping[str, Any], model: BertDot | None, docids: Sequence[str],
-                 texts: Sequence[str]) -> np.ndarray:
+                 texts: Sequence[str], folder: Path) -> None:
         c = self.cfg.compute
         if model is None:
             model = load_spec(spec, self.resolve_uri, self.device if self.device is not None else pick_device(c.device))
-        return encode_texts(model, texts, kind="docs", batch_size=c.batch_size, precision=c.precision,
-                            show_progress=self.cfg.show_progress, desc=f"encoding corpus ({spec['name']})")
+        require_single_vector(model)
+        writer = PieceWriter(folder, c.shard_size)
+        for b, idx, emb in encode_plan(model, texts, plan_batches(texts, c.batch_size), "docs", precision=c.precision,
+                                       show_progress=self.cfg.show_progress, desc=f"encoding corpus ({spec['name']})"):
+            writer.add(b, idx, emb)
+        writer.close()

@@ -2,13 +2,13 @@
 with results.json rewritten after each result and reused on a rerun while their `result_key` still matches."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from kd.data import FormatError
 from kd.data.formats import Qrels, Run
@@ -20,6 +20,7 @@ from kd.evaluation.encoding import CorpusEncoder, LocalCorpusEncoder
 from kd.evaluation.inputs import PREPARE
 from kd.evaluation.rerank import baseline_task, rerank_task
 from kd.evaluation.results import TaskResult, _earlier_results, result_key, write_json
+from kd.evaluation.shards import ShardSet, reset_folder
 from kd.models import Ranker
 from kd.models.loader import load_spec, pick_device
 from kd.precision import resolve_precision
@@ -51,7 +52,7 @@ class TaskRunner:
         self._beir: dict[tuple, Any] = {}
         self._texts: dict[tuple, Any] = {}
         self._inputs: dict[str, Any] = {}
-        self._doc_emb: dict[str, tuple[list[str], np.ndarray]] = {}
+        self._doc_emb: dict[str, ShardSet] = {}
 
     # ------------------------------------------------------------------------------------------------- data
     def memo(self, key: tuple, make: Callable[[], Any]) -> Any:
@@ -132,19 +133,23 @@ class TaskRunner:
         return result
 
     def corpus_embeddings(self, spec, model: Ranker, folder: str, docids: list[str], texts: list[str],
-                          use_title: bool) -> np.ndarray:
-        """The document encoder's embeddings of a corpus, by `corpus_encoder`; the last corpus is kept."""
+                          use_title: bool) -> ShardSet:
+        """The document encoder's embeddings of a corpus, written by `corpus_encoder` as shards into
+        <output_dir>/_embeddings/<digest of encoder and corpus>/ (kd/evaluation/shards.py) and checked; the last
+        corpus's shards are kept (on disk) for the next query encoder, the ones before removed."""
         dspec = doc_encoder_spec(spec.model_dump())
         key = json.dumps({"spec": {k: v for k, v in dspec.items() if k != "name"}, "corpus": folder,
                           "use_title": use_title, "n": len(docids), "batch": self.cfg.compute.batch_size},
                          sort_keys=True, default=str)
         if key in self._doc_emb:
-            return self._doc_emb[key][1]
-        emb = self.corpus_encoder(dspec, model if not spec.doc_path else None, docids, texts)
-        if emb.shape[0] != len(docids):
-            raise RuntimeError(f"corpus encoder returned {emb.shape[0]} embeddings for {len(docids)} documents")
-        self._doc_emb = {key: (docids, emb)}  # keep one corpus in memory
-        return emb
+            return self._doc_emb[key]
+        for old in self._doc_emb.values():
+            shutil.rmtree(old.folder, ignore_errors=True)
+        self._doc_emb = {}
+        out = reset_folder(self.out / "_embeddings" / hashlib.sha256(key.encode()).hexdigest()[:16])
+        self.corpus_encoder(dspec, model if not spec.doc_path else None, docids, texts, out)
+        self._doc_emb = {key: ShardSet.open(out, len(docids))}  # keep one corpus
+        return self._doc_emb[key]
 
     # ----------------------------------------------------------------------------------------------- tasks
     def run_baseline(self, task) -> TaskResult:

@@ -1,12 +1,14 @@
 """jobs/evaluate.py runtime: corpus encoding on a Ray Data actor pool, MLflow runs per (model, dataset), the plot.
 
 Corpus encoding: the driver cuts the corpus into the fixed length-sorted batches of `kd.evaluation.plan_batches`
-(one Dataset row = one forward pass of `compute.batch_size` documents), and `map_batches(EncoderActor,
-compute=ActorPoolStrategy(size=num_actors), num_gpus=gpus_per_actor)` encodes them; each actor loads the document
-encoder once (a kd folder, `models:/…` downloaded in the actor, or an HF name). Embeddings come back keyed by
-document id and are put into corpus order, so 1 or n actors build the same index. Small corpora (fewer than
-`compute.local_max_docs` documents, one CPU actor) are encoded in the driver process (`backend: auto`), by
-kd.evaluation.LocalCorpusEncoder, the TaskRunner's own in-process encoder.
+(one Dataset row = one forward pass of `compute.batch_size` documents, with their corpus positions), and
+`map_batches(EncoderActor, compute=ActorPoolStrategy(size=num_actors), num_gpus=gpus_per_actor)` encodes them; each
+actor loads the document encoder once (a kd folder, `models:/…` downloaded in the actor, or an HF name) and writes
+the embeddings of each call as one piece into the task's shard folder (kd/evaluation/shards.py; under output_dir,
+which on a cluster is shared storage), named by its first batch, so 1 or n actors write the same pieces. Only piece
+names and counts come back to the driver, which never holds the embeddings: the search reads them shard by shard.
+Small corpora (fewer than `compute.local_max_docs` documents, one CPU actor) are encoded in the driver process
+(`backend: auto`), by kd.evaluation.LocalCorpusEncoder, the TaskRunner's own in-process encoder.
 
 MLflow: one run per (model, dataset) in `mlflow.experiment`, tagged kd.job=evaluate, kd.task, kd.model,
 kd.dataset; metrics use MLflow-safe names (ndcg@10 → ndcg_at_10), the model's efficiency metrics (eff_*) are
@@ -28,14 +30,15 @@ from kd.evaluation import (
     LocalCorpusEncoder,
     TaskResult,
     TaskRunner,
-    assemble_embeddings,
     encode_batch,
     format_table,
     load_spec,
     plan_batches,
     plot_tradeoff,
     run_all,
+    write_piece,
 )
+from kd.evaluation.shards import piece_name
 from kd.precision import resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -60,22 +63,27 @@ def _uri_resolver(tracking_uri: str | None) -> Callable[[str], Path]:
 
 
 class EncoderActor:
-    """Ray Data callable class: one document encoder per actor; each input row is one planned batch of documents."""
+    """Ray Data callable class: one document encoder per actor; each input row is one planned batch of documents
+    (its number, corpus positions and texts); each call's embeddings are written as one piece into `folder`."""
 
-    def __init__(self, spec: dict, tracking_uri: str | None, use_gpu: bool, threads: int | None, precision: str):
+    def __init__(self, spec: dict, tracking_uri: str | None, use_gpu: bool, threads: int | None, precision: str,
+                 folder: str):
         if threads:
             torch.set_num_threads(threads)
         device = torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
         self.model = load_spec(spec, _uri_resolver(tracking_uri), device)
         self.precision = precision
+        self.folder = folder
         logger.info("encoder actor precision: %s", resolve_precision(precision, device))  # its own hardware
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids, embs = [], []
-        for docids, texts in zip(batch["docids"], batch["texts"]):
-            ids.extend(str(d) for d in docids)
+        rows, embs = [], []
+        for idx, texts in zip(batch["rows"], batch["texts"]):
+            rows.extend(int(i) for i in idx)
             embs.append(encode_batch(self.model, [str(t) for t in texts], "docs", precision=self.precision))
-        return {"docid": np.asarray(ids, dtype=object), "emb": np.concatenate(embs).astype(np.float32)}
+        name = piece_name(int(np.min(batch["batch"])))
+        write_piece(self.folder, name, rows, np.concatenate(embs))
+        return {"piece": np.asarray([name], dtype=object), "n": np.asarray([len(rows)], dtype=np.int64)}
 
 
 class CorpusEncoder(LocalCorpusEncoder):
@@ -92,16 +100,17 @@ class CorpusEncoder(LocalCorpusEncoder):
             return c.backend == "ray"
         return n_docs > c.local_max_docs or c.num_actors > 1 or bool(c.gpus_per_actor)
 
-    def __call__(self, spec: dict, model, docids: list[str], texts: list[str]) -> np.ndarray:
+    def __call__(self, spec: dict, model, docids: list[str], texts: list[str], folder: Path) -> None:
         if not self.use_ray(len(docids)):
             self.last_backend = "local"
-            return super().__call__(spec, model, docids, texts)
+            return super().__call__(spec, model, docids, texts, folder)
         self.last_backend = "ray"
-        return encode_corpus_ray(spec, docids, texts, self.cfg)
+        encode_corpus_ray(spec, texts, self.cfg, folder)
 
 
-def encode_corpus_ray(spec: dict, docids: list[str], texts: list[str], cfg: EvalConfig) -> np.ndarray:
-    """Encode `texts` on a Ray Data actor pool; float32 embeddings in `docids` order."""
+def encode_corpus_ray(spec: dict, texts: list[str], cfg: EvalConfig, folder: Path) -> None:
+    """Encode `texts` on a Ray Data actor pool; the actors write the embeddings as pieces into `folder` (an empty
+    shard folder all Ray nodes can reach), rows = positions in `texts`."""
     import pyarrow as pa
     import ray
 
@@ -120,29 +129,27 @@ def encode_corpus_ray(spec: dict, docids: list[str], texts: list[str], cfg: Eval
     for s in range(0, len(plan), c.batches_per_call):
         rows = plan[s : s + c.batches_per_call]
         tables.append(pa.table({
-            "docids": pa.array([[docids[i] for i in idx] for idx in rows], type=pa.list_(pa.string())),
+            "batch": pa.array(range(s, s + len(rows)), type=pa.int64()),
+            "rows": pa.array(rows, type=pa.list_(pa.int64())),
             "texts": pa.array([[texts[i] for i in idx] for idx in rows], type=pa.list_(pa.string())),
         }))
     threads = c.threads_per_actor or max(1, int(c.cpus_per_actor))
     ds = ray.data.from_arrow(tables).map_batches(
         EncoderActor,
         fn_constructor_kwargs={"spec": spec, "tracking_uri": cfg.mlflow.tracking_uri, "use_gpu": gpus > 0,
-                               "threads": threads, "precision": c.precision},
+                               "threads": threads, "precision": c.precision, "folder": str(Path(folder).resolve())},
         batch_size=c.batches_per_call,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=c.num_actors),
         num_cpus=c.cpus_per_actor,
         num_gpus=gpus or None,
     )
-    logger.info("encoding %d documents in %d batches on %d actor(s) (%.2g CPU, %.2g GPU, %d threads each)",
-                len(docids), len(plan), c.num_actors, c.cpus_per_actor, gpus, threads)
-    progress = Progress(f"encoding corpus ({spec['name']})", len(docids), unit="docs", enabled=cfg.show_progress)
-    parts = []
+    logger.info("encoding %d documents in %d batches on %d actor(s) (%.2g CPU, %.2g GPU, %d threads each) into %s",
+                len(texts), len(plan), c.num_actors, c.cpus_per_actor, gpus, threads, folder)
+    progress = Progress(f"encoding corpus ({spec['name']})", len(texts), unit="docs", enabled=cfg.show_progress)
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        parts.append((b["docid"], b["emb"]))
-        progress.update(len(b["docid"]))
+        progress.update(int(np.sum(b["n"])))
     progress.close()
-    return assemble_embeddings(docids, parts)
 
 
 # ------------------------------------------------------------------------------------------------------ MLflow
