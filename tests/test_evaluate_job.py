@@ -59,7 +59,8 @@ def test_dense_on_ray_1_vs_2_actors_identical(tmp_path, shared_data):
     for n in (1, 2):
         proc = _job(REPO / "configs" / "eval_scifact_dense.yaml", f"tasks.0.beir={beir}",
                     f"output_dir={tmp_path / f'out{n}'}", f"mlflow.tracking_uri={db}", "mlflow.experiment=dense-test",
-                    f"mlflow.run_name=actors{n}", *_actors(n), flags=("--verbose",) if n == 2 else ())
+                    f"mlflow.run_name=actors{n}", *_actors(n), f"compute.shard_size={10_000 if n == 1 else 100}",
+                    flags=("--verbose",) if n == 2 else ())
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert "Started a local Ray instance" in proc.stderr and f"on {n} actor(s)" in proc.stderr
         # one calm progress line; Ray Data's own progress block (stderr is not a terminal) only with --verbose
@@ -69,6 +70,10 @@ def test_dense_on_ray_1_vs_2_actors_identical(tmp_path, shared_data):
         (res,) = json.loads((tmp_path / f"out{n}" / "results.json").read_text())
         runs[n] = res
         assert res["info"]["n_queries"] == 300 and res["info"]["encoder_backend"] == "ray"
+        # the actors wrote the embeddings as pieces (2 batches of 64 each), searched as 1 or several shards
+        (pieces,) = (tmp_path / f"out{n}" / "_embeddings").iterdir()
+        assert len(list(pieces.glob("*.emb.npy"))) == -(-res["info"]["n_docs"] // 128)
+        assert res["info"]["shards"] == -(-res["info"]["n_docs"] // (10_000 if n == 1 else 100))
     assert runs[1]["metrics"] == runs[2]["metrics"]
     assert runs[1]["metrics"]["ndcg@10"] > 0.7  # a 500-document corpus: easier than the full one
     assert Path(runs[1]["files"]["run"]).read_bytes() == Path(runs[2]["files"]["run"]).read_bytes()
