@@ -294,7 +294,7 @@ def test_the_driver_ends_a_run_left_running(files, exc, status):
     """A worker killed with the job cannot end its MLflow run; the driver ends it (real sqlite tracking store)."""
     from mlflow import MlflowClient
 
-    from kd.runtime.distill import _end_open_run
+    from kd.runtime.distill import end_open_run
     from kd.runtime.tracking import use_experiment
 
     cfg = load_config(DistillConfig, _config(files))
@@ -303,6 +303,6 @@ def test_the_driver_ends_a_run_left_running(files, exc, status):
     experiment = client.get_experiment_by_name("guards").experiment_id
     other = client.create_run(experiment, tags={"kd.run_name": "guarded-2"})  # a name that merely starts alike
     run = client.create_run(experiment, tags={"kd.run_name": "guarded"})
-    _end_open_run(cfg, exc)
+    end_open_run(cfg, exc)
     assert client.get_run(run.info.run_id).info.status == status
     assert client.get_run(other.info.run_id).info.status == "RUNNING"

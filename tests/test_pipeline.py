@@ -206,6 +206,23 @@ def test_errors_name_the_pipeline_field(tmp_path, override, message):
         _own(tmp_path, [override])
 
 
+def test_only_a_student_and_its_twin_are_grouped_and_the_field_needs_a_twin(tmp_path):
+    from kd.runtime.pipeline import Pipeline, _groups
+
+    p = Pipeline(_own(tmp_path, ["students.0.nokd_twin_concurrent=true", "students.0.training.cpus_per_worker=1"]))
+    groups = [[s.name for s in g] for g in _groups(p.plan())]
+    assert groups == [["mine"], ["score"], ["student-dot", "student-dot-nokd"], ["evaluate"], ["register"]]
+    stages = {s.name: s for s in p.plan()}
+    assert stages["student-dot"].needs == stages["student-dot-nokd"].needs == {"CPU": 1}
+    assert all(stages[n].abort is not None for n in ("student-dot", "student-dot-nokd"))
+    plain = Pipeline(_own(tmp_path))
+    assert [len(g) for g in _groups(plain.plan())] == [1] * 6
+    assert [s.fingerprint for s in plain.plan()][2] == [s.fingerprint for s in Pipeline(_own(
+        tmp_path, ["students.0.nokd_twin_concurrent=true"])).plan()][2], "old markers stay valid"
+    with pytest.raises(ConfigError, match=r"field students\.0\.nokd_twin_concurrent: needs nokd_twin: true"):
+        _own(tmp_path, ["students.0.nokd_twin=false", "students.0.nokd_twin_concurrent=true"])
+
+
 def test_a_twin_name_taken_and_a_dense_task_for_the_ensemble_are_refused(tmp_path, shared_data):
     other = {**BASE["students"][0], "name": "dot-nokd", "nokd_twin": False, "registry": {"name": "x"}}
     with pytest.raises(ConfigError, match=r"field students: names must be unique .* repeated: \['dot-nokd'\]"):

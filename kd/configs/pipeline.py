@@ -134,6 +134,9 @@ class PipelineConfig(Strict):
             if s.nokd_twin and s.loss.name in LOSS_KINDS and not LOSS_KINDS[s.loss.name][1]:
                 errors.append(f"field students.{i}.nokd_twin: loss {s.loss.name!r} uses no teacher already; the "
                               "twin is a KD student's no-KD baseline")
+            if s.nokd_twin_concurrent and not s.nokd_twin:
+                errors.append(f"field students.{i}.nokd_twin_concurrent: needs nokd_twin: true (there is no twin "
+                              "to train beside the student)")
         if self.evaluates_teacher():
             dense = [t.name for t in self.evaluate.tasks if t.task == "dense"]
             if dense:
@@ -292,7 +295,7 @@ class PipelineConfig(Strict):
         """Student i's distill job; `twin`: its no-KD twin (RankNet, own run/MLflow names, not registered)."""
         spec = self.students[i]
         name = twin_name(spec.name) if twin else spec.name
-        d = spec.model_dump(exclude={"name", "nokd_twin"})
+        d = spec.model_dump(exclude={"name", "nokd_twin", "nokd_twin_concurrent"})
         teacher = dict(d.get("teacher") or {})
         teacher["scores"] = teacher.get("scores") or scores
         d.update(mode="score_file", teacher=teacher, data=self._distill_data(spec, None),

@@ -78,6 +78,11 @@ StudentStage = _partial(
     name=(str, Field(description="student name: its folder and evaluation label")),
     nokd_twin=(bool, Field(False, description="also train `<name>-nokd`: this student with RankNet on the same "
                                               "teacher-score file (the no-KD baseline; not registered)")),
+    nokd_twin_concurrent=(bool, Field(False, description=(
+        "train the twin at the same time as its KD student, each with its own training.num_workers × "
+        "cpus_per_worker (run one after the other, with a note, when the cluster cannot hold both). On a small CPU "
+        "machine two 1-core trainings side by side finish sooner than two 2-core ones in a row: one 2-layer MiniLM "
+        "step scales only 1.38× from 1 to 2 threads (kd/runtime/concurrent_stages.py)"))),
 )
 
 # `combine` is the teachers' (teachers.combine): one place says how the members are combined

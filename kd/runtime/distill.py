@@ -101,7 +101,7 @@ def check_inputs(cfg: DistillConfig) -> None:
     check_vocabularies(cfg)
 
 
-def _end_open_run(cfg: DistillConfig, exc: BaseException) -> None:
+def end_open_run(cfg: DistillConfig, exc: BaseException) -> None:
     """A worker killed with the job (Ctrl+C, SIGTERM, a failed worker group) cannot end its MLflow run: the driver
     ends it as run_status(exc) (KILLED / FAILED) if it is still RUNNING."""
     if not cfg.mlflow.enabled:
@@ -150,7 +150,7 @@ def _distill_locked(cfg: DistillConfig, callbacks, mlflow_tags: dict[str, str] |
         with keep_signal_handlers():  # Ray Train's SIGINT handler must not outlive the fit (later stages' Ctrl+C)
             result = trainer.fit()
     except BaseException as e:
-        _end_open_run(cfg, e)
+        end_open_run(cfg, e)
         raise
     final_file = run_folder(cfg) / "final.json"
     out = json.loads(final_file.read_text()) if final_file.exists() else dict(result.metrics or {})

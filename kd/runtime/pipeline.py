@@ -1,8 +1,9 @@
 """jobs/pipeline.py runtime: mine → teachers → score → students → evaluate → register, resumable, tracked in MLflow.
 
-Stages run in order (a no-KD twin's right after its KD student's); each writes a completion marker
-`<output_dir>/stages/<stage>.json` (its summary) last, after its output, and a stage whose marker and outputs all
-exist is skipped — printed as `skipped (output exists: …)` — so an interrupted pipeline picks up where it stopped
+Stages run in order (a no-KD twin's right after its KD student's, or beside it with `nokd_twin_concurrent`:
+kd/runtime/concurrent_stages.py); each writes a completion marker `<output_dir>/stages/<stage>.json` (its summary)
+last, after its output, and a stage whose marker and outputs all exist is skipped — printed as `skipped (output
+exists: …)` — so an interrupted pipeline picks up where it stopped
 (the distill and scoring jobs also resume inside a stage). To redo a stage, delete its marker (and output).
 
 MLflow: one parent run per pipeline (tag kd.pipeline=<name>; a rerun reuses it) and one run per stage nested under
@@ -26,6 +27,7 @@ from kd.configs.base import fingerprint, to_flat_dict
 from kd.configs.pipeline import PipelineConfig
 from kd.configs.pipeline_stages import materialized, student_label
 from kd.pipeline_summary import build_summary, format_table, rerank_depth
+from kd.runtime.concurrent_stages import fits_together, run_together
 from kd.runtime.pipeline_tracking import Tracker, _say
 from kd.runtime.tracking import Tag, absolute_tracking_uri, tracking_uri
 
@@ -71,6 +73,17 @@ def _copy_folder(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _groups(stages: list["Stage"]) -> list[list["Stage"]]:
+    """The stages in order, consecutive stages of one non-empty `group` together, every other stage alone."""
+    out: list[list[Stage]] = []
+    for s in stages:
+        if out and s.group and out[-1][-1].group == s.group:
+            out[-1].append(s)
+        else:
+            out.append([s])
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ stages
 @dataclass
 class Stage:
@@ -80,6 +93,9 @@ class Stage:
     needs_ray: bool = False
     fingerprint: str = ""
     also: tuple[Path, ...] = ()  # further outputs it is not done without
+    group: str = ""  # consecutive stages of one non-empty group run at the same time (kd/runtime/concurrent_stages)
+    needs: dict[str, float] | None = None  # the Ray resources it holds while it runs (a group must fit at once)
+    abort: Callable[[BaseException], None] | None = None  # ends its open MLflow run when the job is interrupted
 
 
 class Pipeline:
@@ -116,8 +132,7 @@ class Pipeline:
                                                          "teachers": cfg.teachers.model_dump()}),
                                 also=(cfg.ensemble_dir() / ENSEMBLE_FILE,)))
         for name, i, twin in cfg.trained_students():
-            stages.append(Stage(f"student-{name}", cfg.student_dir(name), lambda i=i, twin=twin: self.train_student(
-                i, twin), needs_ray=True, fingerprint=fingerprint({**cfg.students[i].model_dump(), "twin": twin})))
+            stages.append(self._student_stage(name, i, twin))
         if cfg.evaluate is not None:
             stages.append(Stage("evaluate", cfg.eval_dir() / "results.json", self.evaluate,
                                 needs_ray=cfg.evaluate.compute.backend != "local",
@@ -126,6 +141,19 @@ class Pipeline:
             stages.append(Stage("register", self.marker("register"), self.register,
                                 fingerprint=fingerprint(cfg.registration.model_dump())))
         return stages
+
+    def _student_stage(self, name: str, i: int, twin: bool) -> Stage:
+        cfg, spec = self.cfg, self.cfg.students[i]
+        stage = Stage(f"student-{name}", cfg.student_dir(name), lambda: self.train_student(i, twin), needs_ray=True,
+                      fingerprint=fingerprint({**spec.model_dump(exclude={"nokd_twin_concurrent"}), "twin": twin}))
+        if spec.nokd_twin_concurrent:
+            from kd.runtime.distill import end_open_run
+
+            t = spec.training
+            stage.group = f"student-{spec.name}"
+            stage.needs = {"CPU": t.num_workers * t.cpus_per_worker, **({"GPU": t.num_workers} if t.use_gpu else {})}
+            stage.abort = lambda exc: end_open_run(cfg.student_config(i, scores=cfg.scores_file(), twin=twin), exc)
+        return stage
 
     def done(self, stage: Stage) -> bool:
         return self.marker(stage.name).is_file() and all(p.exists() for p in (stage.output, *stage.also))
@@ -145,26 +173,15 @@ class Pipeline:
         _say(f"pipeline {cfg.name}: {' → '.join(s.name for s in stages)}  (outputs: {cfg.out})")
         self.tracker.start()
         timings: dict[str, float] = {}
+        heads = {s.name: f"[{n}/{len(stages)} {s.name}]" for n, s in enumerate(stages, 1)}
         try:
-            for n, stage in enumerate(stages, 1):
-                head = f"[{n}/{len(stages)} {stage.name}]"
-                if self.done(stage):
-                    old = self.read_marker(stage.name)
-                    note = ""
-                    if old.get("_fingerprint") not in (None, stage.fingerprint):
-                        note = f"; its config changed since — delete {self.marker(stage.name)} to redo it"
-                    _say(f"{head} skipped (output exists: {stage.output}{note})")
-                    continue
-                _say(f"{head} running")
-                if stage.needs_ray:
-                    self.ensure_ray()
-                t0 = time.perf_counter()
-                summary = stage.fn()
-                seconds = time.perf_counter() - t0
-                timings[stage.name] = seconds
-                _write_json(self.marker(stage.name), {**summary, "_seconds": seconds,
-                                                      "_fingerprint": stage.fingerprint})
-                _say(f"{head} done in {seconds:.0f} s")
+            for group in _groups(stages):
+                pending = [s for s in group if not self._skip_if_done(s, heads[s.name])]
+                if len(pending) > 1 and self._fit_together(pending):
+                    self._run_together(pending, heads, timings)
+                else:
+                    for stage in pending:
+                        self._run_stage(stage, heads[stage.name], timings)
         except BaseException as exc:
             self.tracker.end_open(exc)
             raise
@@ -178,6 +195,52 @@ class Pipeline:
                 self.tracker.client.set_tag(self.tracker.parent_id, Tag.MODEL_URI, result["model_uri"])
             self.tracker.end(self.tracker.parent_id)
         return result
+
+    def _skip_if_done(self, stage: Stage, head: str) -> bool:
+        if not self.done(stage):
+            return False
+        old = self.read_marker(stage.name)
+        note = ""
+        if old.get("_fingerprint") not in (None, stage.fingerprint):
+            note = f"; its config changed since — delete {self.marker(stage.name)} to redo it"
+        _say(f"{head} skipped (output exists: {stage.output}{note})")
+        return True
+
+    def _finish(self, stage: Stage, head: str, summary: dict, seconds: float, timings: dict[str, float]) -> None:
+        timings[stage.name] = seconds
+        _write_json(self.marker(stage.name), {**summary, "_seconds": seconds, "_fingerprint": stage.fingerprint})
+        _say(f"{head} done in {seconds:.0f} s")
+
+    def _run_stage(self, stage: Stage, head: str, timings: dict[str, float]) -> None:
+        _say(f"{head} running")
+        if stage.needs_ray:
+            self.ensure_ray()
+        t0 = time.perf_counter()
+        summary = stage.fn()
+        self._finish(stage, head, summary, time.perf_counter() - t0, timings)
+
+    def _fit_together(self, stages: list[Stage]) -> bool:
+        """Whether the cluster holds every stage's resources at once (else they run one after the other)."""
+        import ray
+
+        self.ensure_ray()
+        short = fits_together({s.name: s.needs or {} for s in stages}, ray.cluster_resources())
+        if short:
+            _say(f"  {' and '.join(s.name for s in stages)} one after the other, not at the same time: together "
+                 f"they need {short} of this cluster")
+        return short is None
+
+    def _run_together(self, stages: list[Stage], heads: dict[str, str], timings: dict[str, float]) -> None:
+        for s in stages:
+            _say(f"{heads[s.name]} running (at the same time as {', '.join(o.name for o in stages if o is not s)})")
+        outcomes = run_together({s.name: s.fn for s in stages}, {s.name: s.abort for s in stages if s.abort})
+        for s in stages:
+            o = outcomes[s.name]
+            if o.error is None:
+                self._finish(s, heads[s.name], o.summary, o.seconds, timings)
+        errors = [outcomes[s.name].error for s in stages if outcomes[s.name].error is not None]
+        if errors:
+            raise errors[0]
 
     # ------------------------------------------------------------------------------------- stage bodies
     def mine(self) -> dict:
