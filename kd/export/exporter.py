@@ -1,6 +1,10 @@
 """`export_onnx`: a loaded kd student → a self-describing folder of its ONNX graph (fp32 or int8), tokenizer and
 manifest (kd/export/manifest.py), which kd.models.loader.load_ranker serves with onnxruntime.
 
+The graph: traced (graphs.export_graph), fused by onnxruntime's transformer optimizer (kd/export/fusion.py), and for
+int8 quantized from the fused graph (graphs.quantize_int8); the manifest records each step's choices and the
+session settings the loader uses (onnx_ranker.SESSION).
+
 The folder is written beside `out` under a temporary name and moved into place only once it is whole, so an
 interrupted export never leaves a half folder that loads. Before the move, the graph is run on the sample pairs
 and compared with the PyTorch model: an fp32 graph more than `FP32_TOLERANCE` away is an error (a broken trace),
@@ -18,6 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from kd.export.fusion import fuse_graph
 from kd.export.graphs import GRAPH_FILE, SAMPLE_TEXTS, export_graph, quantize_int8
 from kd.export.manifest import sha256, write_manifest
 from kd.export.support import ExportError, check_out_dir, check_request, export_problem
@@ -64,26 +69,22 @@ def export_onnx(model: Ranker, out: str | Path, *, quantize: str | None = None, 
     if problem:
         raise ExportError(problem)
     out = check_out_dir(out, overwrite)
-    from kd.export.onnx_ranker import load_onnx_ranker
+    from kd.export.onnx_ranker import SESSION, load_onnx_ranker
 
     model = model.to("cpu").eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        fp32 = tmp / (GRAPH_FILE if quantize is None else "model.fp32.onnx")
-        graph = export_graph(model, fp32, exporter)
-        quantization = None
-        if quantize == "int8":
-            quantization = quantize_int8(fp32, tmp / GRAPH_FILE, per_channel)
-            fp32.unlink()
+        graph, optimization, quantization = _write_graph(model, tmp, quantize, per_channel, exporter)
         file = tmp / GRAPH_FILE
         model.tokenizer.save_pretrained(tmp)
         manifest = {
             "architecture": model.architecture, "options": model.options,
             "graphs": {"model": {"file": GRAPH_FILE, "sha256": sha256(file), "bytes": file.stat().st_size,
                                  "inputs": graph["inputs"], "outputs": graph["outputs"]}},
-            "opset": graph["opset"], "exporter": exporter, "quantization": quantization,
+            "opset": graph["opset"], "exporter": exporter, "optimization": optimization,
+            "quantization": quantization, "session": dict(SESSION),
             "source": _source_facts(model, source), "versions": _versions(),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -98,6 +99,19 @@ def export_onnx(model: Ranker, out: str | Path, *, quantize: str | None = None, 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _write_graph(model: Ranker, folder: Path, quantize: str | None, per_channel: bool, exporter: str):
+    """folder/model.onnx: traced, fused, and quantized for int8; returns (graph facts, fusion facts, quantization)."""
+    traced, fused = folder / "model.traced.onnx", folder / ("model.fused.onnx" if quantize else GRAPH_FILE)
+    graph = export_graph(model, traced, exporter)
+    optimization = fuse_graph(traced, fused, model.encoder.config)
+    traced.unlink()
+    quantization = None
+    if quantize == "int8":
+        quantization = quantize_int8(fused, folder / GRAPH_FILE, per_channel)
+        fused.unlink()
+    return graph, optimization, quantization
 
 
 def _check(model: Ranker, exported: Ranker, quantize: str | None) -> dict[str, Any]:

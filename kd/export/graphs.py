@@ -12,13 +12,17 @@ to ~1e-7; the default here is the TorchScript tracer (`dynamo=False`, opset 17):
 the tests feel), one self-contained .onnx file, no onnxscript dependency. It is deprecated in torch ≥ 2.9, so
 `exporter="dynamo"` (torch.export → onnxscript, opset 18, needs `pip install onnxscript`) is one argument away.
 The traced batch is two texts of different lengths, so the padding-mask path of the attention is what is recorded.
+The encoder is traced with its eager attention (`eager_attention`, put back afterwards): onnxruntime's transformer
+optimizer (kd/export/fusion.py) fuses that form, not the SDPA one.
 
-int8 = onnxruntime.quantization.quantize_dynamic: the weights of every MatMul with a constant B (the Linear layers
-of attention and feed-forward; not the Q·Kᵀ and attention·V products, MatMulConstBOnly) as int8, per output channel
-by default, activations quantized on the fly per batch. Embedding tables, LayerNorm and the heads stay fp32.
+int8 = onnxruntime.quantization.quantize_dynamic of the fused graph: the weights of every MatMul with a constant B
+(the Linear layers; not the Q·Kᵀ and attention·V products, MatMulConstBOnly) and the fused Attention's packed QKV
+weight as int8, per output channel by default, activations quantized on the fly per batch. Embedding tables,
+LayerNorm and the heads stay fp32.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -63,6 +67,22 @@ def input_names(tokenizer) -> list[str]:
     return names + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else [])
 
 
+@contextlib.contextmanager
+def eager_attention(model: Ranker):
+    """The model's encoder with its eager attention for the duration (when it has an attention choice)."""
+    encoder = getattr(model, "encoder", None)
+    config = getattr(encoder, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    switch = before not in (None, "eager") and hasattr(encoder, "set_attn_implementation")
+    if switch:
+        encoder.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            encoder.set_attn_implementation(before)
+
+
 def export_graph(model: Ranker, path: Path, exporter: str = "torchscript") -> dict:
     """Write `model`'s graph to `path`; returns its inputs, outputs and opset."""
     if exporter not in EXPORTERS:
@@ -73,7 +93,7 @@ def export_graph(model: Ranker, path: Path, exporter: str = "torchscript") -> di
     graph = _Graph(model, graph_function(model)).eval()
     out_axes = {0: "batch", 1: "sequence"} if output == "vectors" else {0: "batch"}
     opset = EXPORTERS[exporter]
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad(), eager_attention(model):
         warnings.simplefilter("ignore")  # tracer warnings about Python-constant branches: checked by the tests
         if exporter == "torchscript":
             torch.onnx.export(graph, args, str(path), input_names=names, output_names=[output], opset_version=opset,
@@ -95,15 +115,18 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = True) -> dict:
     """Dynamic int8 quantization of `src` into `dst`; returns what the manifest records."""
     import logging
 
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    op_types = ["MatMul"]
+    op_types = ["MatMul", "Attention"]
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # its "consider pre-processing" advice: shape inference it does not need here
     try:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         op_types_to_quantize=op_types, extra_options={"MatMulConstBOnly": True})
+                         op_types_to_quantize=op_types,
+                         # the fused ops' outputs have no inferred type: they are fp32
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT})
     finally:
         root.setLevel(level)
     return {"method": "onnxruntime.quantization.quantize_dynamic", "weights": "int8", "activations": "dynamic uint8",

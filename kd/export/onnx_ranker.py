@@ -14,7 +14,9 @@ what the graph computes. The instances hold no parameters (`device` is always th
 cannot be trained or saved as kd folders; `num_parameters` reports the exported model's.
 
 onnxruntime runs on the CPU with `threads` intra-op threads (default: torch.get_num_threads(), i.e. the same
-OMP_NUM_THREADS knob as the PyTorch models).
+OMP_NUM_THREADS knob as the PyTorch models, which is the machine's cores), one inter-op thread and all of its graph
+optimizations (`SESSION`, recorded in each manifest). ORT_ENABLE_EXTENDED instead of ALL measured within noise of
+it on the fused int8 graph; the fusions that matter are already in the file (kd/export/fusion.py).
 """
 from __future__ import annotations
 
@@ -104,15 +106,19 @@ CLASSES: dict[str, type[OnnxRanker]] = {
 }
 
 
+SESSION = {"graph_optimization_level": "ORT_ENABLE_ALL", "intra_op_num_threads": "torch.get_num_threads()",
+           "inter_op_num_threads": 1, "providers": ["CPUExecutionProvider"]}
+
+
 def session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, SESSION["graph_optimization_level"])
     opts.intra_op_num_threads = int(threads or torch.get_num_threads())
-    opts.inter_op_num_threads = 1
+    opts.inter_op_num_threads = SESSION["inter_op_num_threads"]
     opts.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=SESSION["providers"])
 
 
 def load_onnx_ranker(folder: str | Path, threads: int | None = None) -> OnnxRanker:
