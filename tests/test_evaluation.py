@@ -335,6 +335,8 @@ def test_dense_in_process_equals_any_actor_split_and_writes_trec(tmp_path, mini_
                tasks=[{"task": "dense", "name": "mini", "beir": str(mini_beir), "top_k": 20}])
     (local,) = run_all(cfg)
     assert local.metrics["ndcg@10"] > 0.5 and local.info["n_queries"] == 12 and local.info["n_docs"] >= 60
+    assert local.info["pieces"] == local.info["shards"] == 1  # 60 documents < compute.shard_size
+    assert not (tmp_path / "out" / "_embeddings").exists()  # the shards are removed at the end of the job
     trec = Path(local.files["run"]).read_text()
 
     # a corpus encoder that runs the same plan like two actors would: interleaved batches, pieces out of order

@@ -94,7 +94,7 @@ def dense_task(runner: "TaskRunner", task, spec, model: Ranker, inputs: BeirInpu
                                 run_source=f"dense run of {spec.name}", qrels_source=inputs.qrels_source)
     info = {"n_queries": res.n_queries, "n_docs": len(docids), "dim": shards.dim, "index": task.index,
             "top_k": task.top_k, "relevance_level": cfg.relevance_for(task),
-            "shards": 1 if task.index == "hnsw" else shards.count_shards(shard_size),
+            "pieces": len(shards.names), "shards": 1 if task.index == "hnsw" else shards.count_shards(shard_size),
             "doc_encoder": spec.doc_path or spec.path, "query_encoder": spec.path,
             "seconds_corpus": t_enc - t0, "seconds_search": t_search - t_enc,
             "seconds": time.perf_counter() - t0, **runner.precision_info()}
