@@ -17,13 +17,15 @@ Tasks (driven by jobs/evaluate.py through kd.runtime.evaluation, or called direc
 
 Around them: inputs.py (each task's inputs read and checked once per job, by `TaskRunner.preflight`), checks.py
 (the id and overlap checks, `EvaluationError`), encoding.py (batch plan, autocast, the in-process corpus encoder),
-results.py (`TaskResult`, metrics, results.json, `result_key`), report.py (table, plot), runner.py (`TaskRunner`,
-`run_all`). Models load through kd.models.loader (`load_ranker`, re-exported here).
+shards.py (corpus embeddings on disk: pieces written by the encoders, read back as shards), search.py (per-shard
+exact inner-product top-k, exact merge), results.py (`TaskResult`, metrics, results.json, `result_key`), report.py
+(table, plot), runner.py (`TaskRunner`, `run_all`). Models load through kd.models.loader (`load_ranker`, re-exported
+here).
 
 Determinism: corpus embeddings are computed batch by batch from a plan that depends only on the texts (sorted by
-character length, ties by position), and are collected by document id into corpus order, so any number of workers
-that run the same plan produce the same index. Rankings are ordered by score, ties by document id descending
-(trec_eval's rule, as everywhere in kd).
+character length, ties by position), and are written keyed by corpus position, so any number of workers that run
+the same plan produce the same embeddings; the sharded search gives the run of one flat index over them. Rankings
+are ordered by score, ties by document id descending (trec_eval's rule, as everywhere in kd).
 """
 from __future__ import annotations
 
@@ -71,7 +73,8 @@ __all__ = [
     "check_corpus", "check_overlap", "check_run_ids", "dense_task", "doc_encoder_spec", "document_rerank",
     "document_task", "efficiency_task", "encode_batch", "encode_plan", "encode_texts", "eval_metrics", "format_table",
     "is_model_uri", "is_single_vector", "latency_stats", "load_ranker", "load_spec", "machine_info",
-    "measure_efficiency", "merge_topk", "pick_device", "plan_batches", "plot_tradeoff", "rerank", "rerank_task", "result_key",
-    "run_all", "score_pairs", "search_corpus", "search_index", "search_shards", "sentence_transformers_max_length",
-    "shard_topk", "split_passages", "tie_ranks", "time_calls", "to_run", "top_candidates", "write_json", "write_piece",
+    "measure_efficiency", "merge_topk", "pick_device", "plan_batches", "plot_tradeoff", "rerank", "rerank_task",
+    "result_key", "run_all", "score_pairs", "search_corpus", "search_index", "search_shards",
+    "sentence_transformers_max_length", "shard_topk", "split_passages", "tie_ranks", "time_calls", "to_run",
+    "top_candidates", "write_json", "write_piece",
 ]
