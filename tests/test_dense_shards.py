@@ -149,6 +149,7 @@ def _with_shard_size(cfg: EvalConfig, shard_size: int) -> EvalConfig:
     return cfg.model_copy(update={"compute": cfg.compute.model_copy(update={"shard_size": shard_size})})
 
 
+@pytest.mark.timeout(7200 if FULL else 1200)  # the full corpus at full length: tens of minutes on 2 cores
 def test_scifact_sharded_runs_are_identical_to_one_flat_index(tmp_path, scifact, minilm_path):
     """The corpus is encoded once (pieces of 64 documents); the dense task then searches it with shard sizes that
     divide nothing, one and two documents, the corpus less one, the corpus, and the default: every TREC run is
