@@ -12,7 +12,8 @@
 sentence-transformers name or folder; registry URIs use --tracking-uri, else $MLFLOW_TRACKING_URI.
 `teachers combine` recombines a scoring run's raw member scores (jobs.score_teachers' members.parquet) without
 rescoring: DIR/teacher_scores.tsv + DIR/ensemble/.
-`export` writes an ONNX folder (graph, tokenizer, kd_onnx.json) that --model accepts like any kd folder (kd/export/).
+`export` writes an ONNX folder (graph, tokenizer, kd_onnx.json) that --model accepts like any kd folder (kd/export/);
+with --register it is also attached to the registered version --model names (kd.load(URI, format="onnx")).
 Exit codes: 0 ok, 2 bad input (missing file, unknown model / alias / version, wrong model kind).
 """
 from __future__ import annotations
@@ -193,12 +194,15 @@ def _export_source(args) -> tuple[object, Path]:
 
 
 def cmd_export(args) -> int:
-    from kd.export import check_out_dir, export_onnx, read_manifest
+    from kd.export import ExportError, check_out_dir, export_onnx, read_manifest
     from kd.export.support import check_request
 
     check_request(args.format, args.quantize)
     check_out_dir(args.out, args.overwrite)
     ref, folder = _export_source(args)
+    if args.register and ref.kind != "registered":
+        raise ExportError(f"--register attaches the export to a registered version; --model {args.model} is a "
+                          f"{ref.kind} model (give models:/<name>@<alias> or models:/<name>/<version>)")
     from kd.export.manifest import sha256
     from kd.models.loader import load_ranker
 
@@ -214,6 +218,13 @@ def cmd_export(args) -> int:
     print(f"exported {model.architecture} ({args.quantize or 'fp32'}, opset {manifest['opset']}, "
           f"{graph['bytes'] / 2**20:.1f} MiB) to {out}; sample scores within "
           f"{manifest['check']['max_abs_diff_vs_pytorch']:.2g} of PyTorch", file=sys.stderr)
+    if args.register:
+        from kd.runtime.registry import attach_export, export_tag
+
+        where = attach_export(args.model, out, tracking_uri=args.tracking_uri)
+        print(f"attached to {ref.version_uri} as {where} (version tag {export_tag(args.quantize)}); load it with "
+              f"kd.load({args.model!r}, format='onnx'{', quantize=' + repr(args.quantize) if args.quantize else ''})",
+              file=sys.stderr)
     return 0
 
 
@@ -241,6 +252,9 @@ def add_export_parser(sub) -> None:
                     help="torch.onnx.export's exporter (dynamo needs onnxscript)")
     ex.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must be empty or absent)")
     ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    ex.add_argument("--register", action="store_true",
+                    help="also attach the export to the registered version --model names (run artifacts + version "
+                         "tag kd.onnx[.int8]); kd.load(URI, format='onnx'[, quantize='int8']) then serves it")
     ex.set_defaults(fn=cmd_export)
 
 

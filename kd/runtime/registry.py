@@ -14,6 +14,9 @@ Local folders and hub names go through kd.models.loader.load_ranker unchanged. M
 URI is used (so `kd.load` of a folder, and `import kd.registry`, stay MLflow-free); what `load` returns is
 kd/loaded.py's LoadedRanker.
 
+A registered version can carry its ONNX export (`attach_export`, `kd export --model models:/… --register`: run
+artifacts and a version tag); `kd.load(uri, format="onnx", quantize=None | "int8")` loads that instead.
+
 Versions are registered by jobs.distill (`log_ranker(..., registered_name=)`: the best student), jobs.sweep (the
 champion trial's model, `mlflow.register_model`) and the pipeline's register stage (a copy of the chosen student's
 version); each then tags the version and moves the alias through `publish_version`.
@@ -209,21 +212,33 @@ def fetch(ref: ModelRef, cache_dir: str | Path | None = None) -> Path:
     download_uri = ref.version_uri or ref.uri
     key_src = json.dumps([ref.tracking_uri, download_uri, ref.source, ref.run_id, ref.created])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
-    label = "".join(c if c.isalnum() or c in "-_." else "_" for c in (ref.name or ref.kind))
     root = _cache_root(cache_dir)
-    target = root / f"{label}-v{ref.version}-{key}" if ref.version else root / f"{label}-{key}"
-    if (target / "kd_config.json").is_file():
-        return target
-    tmp = root / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir(parents=True)
-    try:
+    target = root / f"{_label(ref)}-v{ref.version}-{key}" if ref.version else root / f"{_label(ref)}-{key}"
+
+    def download(dst: Path) -> Path:
         try:
-            folder = download_ranker_folder(_artifact_location(ref), tmp / "download", tracking_uri=ref.tracking_uri)
+            return download_ranker_folder(_artifact_location(ref), dst, tracking_uri=ref.tracking_uri)
         except ValueError as e:  # the artifact is not a kd ranker
             raise RegistryError(str(e), looked_for=ref.uri, tracking_uri=ref.tracking_uri or "") from None
+
+    return _cached(target, "kd_config.json", download)
+
+
+def _label(ref: ModelRef) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in (ref.name or ref.kind))
+
+
+def _cached(target: Path, marker: str, download: Callable[[Path], Path]) -> Path:
+    """`target` once it holds `marker`; else `download(dst)` (a folder inside dst) moved there whole."""
+    if (target / marker).is_file():
+        return target
+    tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir(parents=True)
+    try:
+        folder = download(tmp / "download")
         if target.exists():  # another process won the race
             return target
-        # folder lies inside tmp: download_ranker_folder refuses an MLmodel naming a path outside the download
+        # folder lies inside tmp: the downloaders refuse a path outside the download
         os.replace(folder, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -232,22 +247,106 @@ def fetch(ref: ModelRef, cache_dir: str | Path | None = None) -> Path:
 
 
 def load(uri: str | Path, *, tracking_uri: str | None = None, device: str | None = "auto",
-         cache_dir: str | Path | None = None, options: dict | None = None) -> LoadedRanker:
+         cache_dir: str | Path | None = None, options: dict | None = None, format: str | None = None,
+         quantize: str | None = None) -> LoadedRanker:
     """A model argument → a ready `LoadedRanker` (eval mode, on `device`).
 
     `uri`: `models:/<name>@<alias>`, `models:/<name>/<version>` (or `/latest`), `models:/m-<id>`, `runs:/<id>/<path>`,
     a saved kd folder (any architecture), a teacher-ensemble folder (kd_ensemble.json, from jobs.score_teachers:
     `rerank` / `score` give its combined score, as in evaluation; it is not a dual encoder), or an HF /
     sentence-transformers name or folder (a BERT_DOT bi-encoder; `options` are its BertDot options).
+    `format="onnx"` (`quantize=None | "int8"`): the ONNX export attached to the registered version (`attach_export`,
+    `kd export … --register`), served by onnxruntime on the CPU; an export folder is loaded as it is, without it.
     """
     from kd.models.loader import load_ranker, pick_device
 
     ref = resolve(str(uri), tracking_uri)
+    if format is not None or quantize is not None:
+        model = load_ranker(str(fetch_export(ref, format, quantize, cache_dir)), options=options)
+        return LoadedRanker(model.eval(), ref)
     model = load_ranker(ref.source if ref.kind in ("local", "hub") else ref.uri, options=options,
                         resolve_uri=lambda _: fetch(ref, cache_dir))
     model.to(pick_device(device))
     model.eval()
     return LoadedRanker(model, ref)
+
+
+# ======================================================================================= carrying ONNX exports
+EXPORT_TAG = "kd.onnx"  # the version tag naming an attached export: kd.onnx (fp32), kd.onnx.int8
+EXPORT_ARTIFACTS = "kd_onnx"  # under the version's run: kd_onnx/<name>-v<version>/<fp32|int8>-<graph sha256[:12]>
+
+
+def export_tag(quantize: str | None) -> str:
+    return EXPORT_TAG if quantize is None else f"{EXPORT_TAG}.{quantize}"
+
+
+def attach_export(uri: str, folder: str | Path, *, tracking_uri: str | None = None) -> str:
+    """Attach an ONNX export folder (kd export) to the registered version `uri` names; returns its runs:/ URI.
+
+    A registered version's own files (its pyfunc artifact) are immutable, so the export is logged as artifacts of the
+    run that produced the version, under a path naming the version, the variant and the graph's digest (a re-export
+    never overwrites files another tag points at), and the version tag `kd.onnx` / `kd.onnx.int8` points at it;
+    `load(uri, format="onnx"[, quantize="int8"])` follows that tag. Only an export of that very version is accepted
+    (its manifest's source names it: `kd export --model models:/<name>/<version>` or an alias of it)."""
+    from kd.export import read_manifest
+
+    manifest = read_manifest(folder)  # every graph checked against its sha256 before anything is uploaded
+    ref = resolve(str(uri), tracking_uri)
+    if ref.kind != "registered":
+        raise RegistryError(f"{uri}: only a registered version (models:/<name>@<alias> or /<version>) carries an "
+                            "ONNX export", looked_for=str(uri), tracking_uri=ref.tracking_uri or "")
+    source = manifest.get("source") or {}
+    src = source.get("ref") or {}
+    if (src.get("kind"), src.get("name"), src.get("version")) != ("registered", ref.name, ref.version):
+        raise RegistryError(f"{folder} was exported from {source.get('model')!r}, not from {ref.version_uri}; attach "
+                            f"an export of that version: kd export --model {ref.version_uri} --format onnx … "
+                            "--register", looked_for=str(uri), tracking_uri=ref.tracking_uri or "")
+    if not ref.run_id:
+        raise RegistryError(f"{ref.version_uri} has no run to hold the export's files", looked_for=str(uri),
+                            tracking_uri=ref.tracking_uri or "")
+    quantize = (manifest.get("quantization") or {}).get("weights")
+    path = f"{EXPORT_ARTIFACTS}/{_label(ref)}-v{ref.version}/{quantize or 'fp32'}-" \
+           f"{manifest['graphs']['model']['sha256'][:12]}"
+    client = _client(ref.tracking_uri)
+    client.log_artifacts(ref.run_id, str(folder), artifact_path=path)
+    value = f"runs:/{ref.run_id}/{path}"
+    client.set_model_version_tag(ref.name, ref.version, export_tag(quantize), value)
+    return value
+
+
+def fetch_export(ref: ModelRef, format: str | None, quantize: str | None,
+                 cache_dir: str | Path | None = None) -> Path:
+    """The local folder of the ONNX export attached to a registered version (downloaded once per export)."""
+    from kd.export import MANIFEST_FILE
+    from kd.export.support import check_request
+    from kd.runtime.pyfunc import inside_artifact
+
+    if format != "onnx":
+        raise ValueError(f"format={format!r}: give format='onnx' (the attached ONNX export, quantize=None | 'int8') "
+                         "or no format (the PyTorch model)")
+    check_request(format, quantize)
+    tag = export_tag(quantize)
+    if ref.kind != "registered":
+        raise RegistryError(f"{ref.uri}: format={format!r} picks the ONNX export attached to a registered version; "
+                            "an export folder (kd export --out DIR) is loaded as it is, without format",
+                            looked_for=ref.uri, tracking_uri=ref.tracking_uri or "")
+    value = ref.tags.get(tag, "")
+    if not value.startswith(f"runs:/{ref.run_id}/{EXPORT_ARTIFACTS}/"):
+        attached = sorted(k for k in ref.tags if k == EXPORT_TAG or k.startswith(f"{EXPORT_TAG}."))
+        raise RegistryError(
+            f"{ref.uri} (version {ref.version}) carries no {quantize or 'fp32'} ONNX export (version tag {tag}: "
+            f"{value or 'absent'}; export tags: {attached or 'none'}); attach one: kd export --model "
+            f"{ref.version_uri} --format onnx{' --quantize ' + quantize if quantize else ''} --out DIR --register",
+            looked_for=ref.uri, tracking_uri=ref.tracking_uri or "")
+    from mlflow.artifacts import download_artifacts
+
+    def download(dst: Path) -> Path:
+        local = download_artifacts(artifact_uri=value, dst_path=str(dst), tracking_uri=ref.tracking_uri)
+        return inside_artifact(dst, str(local), f"{ref.uri}: the export {value}")
+
+    key = hashlib.sha256(json.dumps([ref.tracking_uri, value, ref.created]).encode()).hexdigest()[:20]
+    target = _cache_root(cache_dir) / f"{_label(ref)}-v{ref.version}-onnx-{quantize or 'fp32'}-{key}"
+    return _cached(target, MANIFEST_FILE, download)
 
 
 # ============================================================================================== publishing
