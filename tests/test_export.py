@@ -246,7 +246,13 @@ def test_bench_script_declares_the_keys_it_writes():
     spec = importlib.util.spec_from_file_location("kd_bench_export", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert {"speedup_vs_pytorch_fp32", "speedup_vs_st_onnx", "ndcg_delta", "pairs_per_s", "machine"} <= \
-        set(bench.RESULT_KEYS)
+    assert {"speedup_vs_pytorch_fp32", "speedup_vs_st_onnx", "st_onnx_unavailable", "ndcg_delta", "pairs_per_s",
+            "machine"} <= set(bench.RESULT_KEYS)
     args = bench.parse_args(["--queries", "3"])
     assert (args.queries, args.repeats, args.model) == (3, 2, None) and args.out.name == "export-cpu.json"
+    # the headline is the int8 export's, as scalars; a peer that did not run leaves speedup_vs_st_onnx null
+    pps = {"pytorch_fp32": 100.0, "onnx_fp32": 110.0, "onnx_int8": 250.0, "st_onnx": None, "st_onnx_int8": None}
+    ndcg = {"pytorch_fp32": 0.5, "onnx_fp32": 0.5, "onnx_int8": 0.497}
+    head = bench.headline(pps, ndcg)
+    assert head["speedup_vs_pytorch_fp32"] == 2.5 and head["speedup_vs_st_onnx"] is None
+    assert head["ndcg_delta"] == pytest.approx(-0.003) and head["speedups"]["vs_pytorch_fp32"]["onnx_fp32"] == 1.1
