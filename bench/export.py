@@ -113,7 +113,11 @@ def student(path: Path | None):
                              "bert_dot rows (the peer is a sentence-transformers CrossEncoder / SentenceTransformer)")
         if model.architecture == "bert_dot" and model.options["projection_dim"]:
             raise SystemExit(f"--model {path}: a bert_dot with a projection has no plain sentence-transformers twin")
-        return model.eval(), {"source": str(path), "untrained": False}
+        from kd.teachers.checks import sha256_file
+
+        weights = Path(path) / "model.safetensors"
+        return model.eval(), {"source": str(path), "untrained": False,
+                              "weights_sha256": sha256_file(weights) if weights.is_file() else None}
     torch.manual_seed(0)
     model = layer_subset_student(BertCat.from_backbone(None), "top-bottom", 2).eval()
     return model, {"source": "all-MiniLM-L6-v2 layers [0, 5] + a seeded untrained head", "untrained": True}
