@@ -443,3 +443,6 @@ def test_ensure_ray_does_not_restate_the_submitted_jobs_env_vars(monkeypatch):
         {"runtime_env": {"env_vars": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}}, "metadata": {}}))
     env = forwarded_env()
     assert "MLFLOW_TRACKING_URI" not in env and env["HF_HUB_OFFLINE"] == "1"
+    assert env["MALLOC_TRIM_THRESHOLD_"] == "4294967296", "the workers' allocator keeps freed memory"
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
+    assert forwarded_env()["MALLOC_TRIM_THRESHOLD_"] == "0", "a value the user set wins"
