@@ -18,7 +18,8 @@ import logging
 from pathlib import Path
 
 from kd.configs.distill import DistillConfig
-from kd.runtime.run_guards import check_resources, check_resumable, check_same_run, distill_run, run_folder, run_lock
+from kd.runtime.run_guards import (check_resources, check_resumable, check_same_run, distill_run, run_folder, run_lock,
+                                   worker_resources)
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +133,7 @@ def _distill_locked(cfg: DistillConfig, callbacks, mlflow_tags: dict[str, str] |
     check_resumable(cfg)
     ensure_ray()
     check_resources(cfg)
-    resources = {"CPU": t.cpus_per_worker}
-    if t.use_gpu:
-        resources["GPU"] = 1
+    resources = worker_resources(t)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "mlflow_tags": dict(mlflow_tags or {})},

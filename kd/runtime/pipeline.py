@@ -148,10 +148,11 @@ class Pipeline:
                       fingerprint=fingerprint({**spec.model_dump(exclude={"nokd_twin_concurrent"}), "twin": twin}))
         if spec.nokd_twin_concurrent:
             from kd.runtime.distill import end_open_run
+            from kd.runtime.run_guards import worker_resources
 
             t = spec.training
             stage.group = f"student-{spec.name}"
-            stage.needs = {"CPU": t.num_workers * t.cpus_per_worker, **({"GPU": t.num_workers} if t.use_gpu else {})}
+            stage.needs = {res: t.num_workers * each for res, each in worker_resources(t).items()}
             stage.abort = lambda exc: end_open_run(cfg.student_config(i, scores=cfg.scores_file(), twin=twin), exc)
         return stage
 

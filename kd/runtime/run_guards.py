@@ -122,11 +122,16 @@ def may_autoscale() -> bool:
     return (Path.home() / "ray_bootstrap_config.yaml").is_file()
 
 
+def worker_resources(t) -> dict[str, float]:
+    """The Ray resources of one training worker (`cfg.training`): its CPUs, and one GPU with use_gpu."""
+    return {"CPU": float(t.cpus_per_worker), **({"GPU": 1.0} if t.use_gpu else {})}
+
+
 def resource_shortfall(cfg: DistillConfig, total: dict, largest_node: dict) -> list[str]:
     """What `training.num_workers` × per-worker resources need that the cluster does not have: all workers
     together against the cluster's total, and one worker against the largest node (a worker cannot span nodes)."""
     t = cfg.training
-    per_worker = {"CPU": float(t.cpus_per_worker), **({"GPU": 1.0} if t.use_gpu else {})}
+    per_worker = worker_resources(t)
     out = []
     for res, each in per_worker.items():
         need, have, node = each * t.num_workers, float(total.get(res, 0.0)), float(largest_node.get(res, 0.0))
