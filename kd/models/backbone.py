@@ -1,8 +1,9 @@
 """Loading HF encoder backbones (hub name or local path) and running their layers piecewise.
 
 Every student is built on an HF encoder (BERT, MiniLM, ELECTRA, RoBERTa, DistilBERT, ...). This module is the one place
-that knows how to reach inside such an encoder: its embedding module, its list of Transformer layers, and the
-query/key projections of a layer's self-attention (for pre-softmax attention scores).
+that knows how to reach inside such an encoder: its embedding module, its list of Transformer layers, a layer's
+self-attention module and its query/key projections (for pre-softmax attention scores; kd.models.unpadded runs the
+layers on packed tokens through these).
 """
 from __future__ import annotations
 
@@ -161,13 +162,18 @@ def run_layers(encoder: nn.Module, hidden: torch.Tensor, attention_mask: torch.T
     return hidden
 
 
+def self_attention(layer: nn.Module) -> nn.Module:
+    """A Transformer layer's self-attention module (BERT family: layer.attention.self; DistilBERT: layer.attention)."""
+    attn = layer.attention
+    return getattr(attn, "self", attn)
+
+
 def attention_scores(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Pre-softmax self-attention scores Q·Kᵀ/√d_head of one layer for its input `hidden`: [B, H, L, L].
 
     Padding is not masked here (the TinyBERT loss zeroes padded entries of student and teacher alike).
     """
-    attn = layer.attention
-    self_attn = getattr(attn, "self", attn)
+    self_attn = self_attention(layer)
     if hasattr(self_attn, "query"):  # BERT, RoBERTa, ELECTRA, MiniLM
         q_proj, k_proj = self_attn.query, self_attn.key
     elif hasattr(self_attn, "q_lin"):  # DistilBERT

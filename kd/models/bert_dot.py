@@ -4,6 +4,7 @@
 
 optionally followed by a Linear compression/projection (off by default) and L2 normalisation (off by default;
 sentence-transformers bi-encoders such as all-MiniLM-L6-v2 declare it, and it is then read from their folder).
+`unpadded` ("auto" | true | false, kd.models.unpadded): the token vectors computed on the packed real tokens.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from kd.models import backbone as bb
+from kd.models import unpadded as up
 from kd.models.base import Ranker, _check_pairs, masked_mean, pad_features, tokenize_texts
 from kd.progress import Progress
 
@@ -35,12 +37,15 @@ class BertDot(Ranker):
         projection_dim: int | None = None,
         max_query_length: int = 30,
         max_passage_length: int = 200,
+        unpadded: str | bool = "auto",
     ):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self._unpadded_reason = up.unsupported_reason(encoder)
         super().__init__(
             encoder, tokenizer, pooling=pooling, normalize=normalize, projection_dim=projection_dim,
             max_query_length=max_query_length, max_passage_length=max_passage_length,
+            unpadded=up.validate(unpadded, self._unpadded_reason),
         )
         hidden = bb.hidden_size(encoder)
         self.projection = nn.Linear(hidden, projection_dim) if projection_dim else None
@@ -62,10 +67,17 @@ class BertDot(Ranker):
 
     def embed(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         """[B, L] token ids → [B, d] embeddings."""
-        hidden = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state
-        pooled = hidden[:, 0] if self.options["pooling"] == "cls" else masked_mean(hidden, attention_mask)
+        if up.active(self.options["unpadded"], self._unpadded_reason, self):
+            h, packing = up.encode_packed(self.encoder, input_ids, attention_mask, token_type_ids)
+            if self.options["pooling"] == "cls":
+                pooled = up.first_tokens(h, packing)
+            else:
+                pooled = masked_mean(up.scatter(h, packing), attention_mask)
+        else:
+            hidden = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+            pooled = hidden[:, 0] if self.options["pooling"] == "cls" else masked_mean(hidden, attention_mask)
         if self.projection is not None:
             pooled = self.projection(pooled)
         if self.options["normalize"]:

@@ -6,6 +6,8 @@ W = Linear(hidden → dim) with bias (dim = hidden size when `dim` is None). Pad
 from the max, padded query positions from the sum. Queries are augmented with `n_mask_tokens` [MASK] tokens
 (released model: 8) that are attended and take part in the sum. The [MASK] tokens are placed right after each
 query's own `[SEP]`, before any padding, so a query's score never depends on the other queries in its batch.
+`unpadded` ("auto" | true | false, kd.models.unpadded): token vectors computed on the packed real tokens (vectors at
+padded positions are then W·0 + b instead of W·h_pad + b; both are excluded from the score).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 
 from kd.models import backbone as bb
+from kd.models import unpadded as up
 from kd.models.base import Ranker, tokenize_texts
 
 
@@ -31,19 +34,24 @@ class ColBERT(Ranker):
         n_mask_tokens: int = 8,
         max_query_length: int = 30,
         max_passage_length: int = 200,
+        unpadded: str | bool = "auto",
     ):
         if n_mask_tokens < 0:
             raise ValueError(f"n_mask_tokens must be >= 0, got {n_mask_tokens}")
         if n_mask_tokens and tokenizer.mask_token_id is None:
             raise ValueError("query augmentation needs a tokenizer with a [MASK] token")
+        self._unpadded_reason = up.unsupported_reason(encoder)
         super().__init__(
             encoder, tokenizer, dim=dim, n_mask_tokens=n_mask_tokens,
             max_query_length=max_query_length, max_passage_length=max_passage_length,
+            unpadded=up.validate(unpadded, self._unpadded_reason),
         )
         hidden = bb.hidden_size(encoder)
         self.compression = nn.Linear(hidden, dim or hidden)
 
     def _vectors(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        if up.active(self.options["unpadded"], self._unpadded_reason, self):
+            return self.compression(up.last_hidden_state(self.encoder, input_ids, attention_mask, token_type_ids))
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return self.compression(hidden.last_hidden_state)
 

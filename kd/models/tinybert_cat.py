@@ -5,6 +5,8 @@
 `forward_kd` also returns every layer's pre-softmax attention scores A^m = Q·Kᵀ/√d_head ([B, H, L, L], padding not
 masked) and the hidden states H^0..H^M (H^0 = embedding output), the inputs of the Simplified TinyBERT loss. The
 head is a plain Linear in training and inference alike (the public code's ReLU-only-in-training defect is avoided).
+`unpadded` ("auto" | true | false, kd.models.unpadded): `logits` / `forward` compute h_CLS on the packed real tokens;
+`forward_kd` stays padded (its losses compare [B, H, L, L] attention maps and [B, L, d] states position by position).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 
 from kd.models import backbone as bb
+from kd.models import unpadded as up
 from kd.models.base import Ranker
 from kd.models.bert_cat import pretokenize_pairs, tokenize_pairs
 
@@ -30,8 +33,10 @@ class CrossEncoderKDOutput:
 class TinyBertCat(Ranker):
     architecture = "tinybert_cat"
 
-    def __init__(self, encoder, tokenizer, *, max_length: int = 256):
-        super().__init__(encoder, tokenizer, max_length=max_length)
+    def __init__(self, encoder, tokenizer, *, max_length: int = 256, unpadded: str | bool = "auto"):
+        self._unpadded_reason = up.unsupported_reason(encoder)
+        super().__init__(encoder, tokenizer, max_length=max_length,
+                         unpadded=up.validate(unpadded, self._unpadded_reason))
         self.classifier = nn.Linear(bb.hidden_size(encoder), 2)
 
     def tokenize(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -41,6 +46,8 @@ class TinyBertCat(Ranker):
         return pretokenize_pairs(self.tokenizer, queries, passages, self.options["max_length"])
 
     def logits(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        if up.active(self.options["unpadded"], self._unpadded_reason, self):
+            return self.classifier(up.cls_hidden(self.encoder, input_ids, attention_mask, token_type_ids))
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return self.classifier(hidden.last_hidden_state[:, 0])
 
