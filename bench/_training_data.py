@@ -52,7 +52,7 @@ def job_config(args, tmp: Path, data: dict, name: str, workers: int, cpus_per_wo
         "data": {"queries": str(Path(data["scifact"]) / "queries.jsonl"),
                  "passages": str(Path(data["scifact"]) / "corpus.jsonl")},
         "training": {"num_workers": workers, "cpus_per_worker": cpus_per_worker, "use_gpu": args.device == "cuda",
-                     "bf16": args.precision == "bf16", "micro_batch_size": args.micro_batch, "epochs": 1,
+                     "precision": args.precision, "micro_batch_size": args.micro_batch, "epochs": 1,
                      "max_steps": total, "lr": args.lr, "zero_stage": args.zero_stage, "seed": args.seed, "log_every": 1,
                      "checkpoint_every": total, "max_failures": 0, "gradient_clipping": 1.0,
                      "group_by_length": args.group_by_length},

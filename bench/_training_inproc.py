@@ -64,9 +64,11 @@ def timed_summary(args, n_steps: list[int], seconds: list[float], window: CpuWin
     return out
 
 
-def run_peer(args, examples, batches: list[list[int]], threads: int | None) -> dict:
+def run_peer(args, examples, batches: list[list[int]], threads: int | None, bf16: bool | None = None) -> dict:
     """sentence-transformers' own loop pieces: model.preprocess per column, MarginMSELoss, AdamW, clipping, a linear
-    warm-up/decay LambdaLR; at torch.set_num_threads(threads) when given (restored after)."""
+    warm-up/decay LambdaLR; at torch.set_num_threads(threads) when given (restored after). `bf16`: the loss under
+    bf16 autocast on the device (default: on CUDA when --precision is bf16; on CPU sentence-transformers' default,
+    fp32)."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import MarginMSELoss
@@ -77,7 +79,7 @@ def run_peer(args, examples, batches: list[list[int]], threads: int | None) -> d
     if threads is not None:
         torch.set_num_threads(threads)
     device = torch.device(args.device)
-    bf16 = args.device == "cuda" and args.precision == "bf16"
+    bf16 = (args.device == "cuda" and args.precision == "bf16") if bf16 is None else bf16
     try:
         torch.manual_seed(args.seed)
         model = SentenceTransformer(default_backbone(), device=str(device))
@@ -102,7 +104,7 @@ def run_peer(args, examples, batches: list[list[int]], threads: int | None) -> d
                     tokens["real"] += int(f["attention_mask"].sum())
             feats = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in f.items()} for f in feats]
             labels = (b["t_pos"] - b["t_neg"]).to(device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = loss_fn(feats, labels)
             optimizer_step(loss, params, opt, sched)
 
@@ -122,7 +124,7 @@ def run_kd_step(args, cfg, examples, batches: list[list[int]]) -> dict:
     from kd.training import DistillStep, build_student
 
     device = torch.device(args.device)
-    bf16 = args.device == "cuda" and args.precision == "bf16"
+    bf16 = args.precision == "bf16"  # ours' training.precision, resolved
     torch.manual_seed(args.seed)
     student = build_student(cfg, None)
     module = DistillStep.from_config(cfg, student).to(device)
@@ -131,7 +133,7 @@ def run_kd_step(args, cfg, examples, batches: list[list[int]]) -> dict:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
 
     def step(idx, timed):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = module(examples.batch(idx))
         optimizer_step(loss, params, opt)
 
@@ -181,7 +183,8 @@ def _kd_step_deepspeed(args, cfg, examples, batches: list[list[int]]) -> dict:
 
     def step(idx, timed):
         t0 = time.perf_counter()
-        loss = engine(examples.batch(idx))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):  # as the job's worker
+            loss = engine(examples.batch(idx))
         t1 = time.perf_counter()
         engine.backward(loss)
         t2 = time.perf_counter()

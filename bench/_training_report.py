@@ -67,6 +67,8 @@ def speedups(rows: dict, device: str) -> tuple[dict, dict]:
 
     speedup = {
         "ours_1w_vs_peer": ratio("ours_1w", "peer"),
+        "ours_1w_vs_peer_bf16": ratio("ours_1w", "peer_bf16"),
+        "peer_bf16_vs_peer": ratio("peer_bf16", "peer"),
         "ours_1w_vs_peer_1thread": ratio("ours_1w", "peer_1thread"),
         "peer_vs_peer_1thread": ratio("peer", "peer_1thread"),
         "kd_step_vs_peer": ratio("kd_step", "peer"),

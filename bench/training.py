@@ -92,8 +92,10 @@ def parse_args(argv=None):
                     help="train every row on length-grouped batches, window W steps (training.group_by_length; "
                          "default 0: the plain batches); the padding comparison uses W, or 50 when 0")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--precision", choices=("fp32", "bf16"), default=None,
-                    help="default: fp32 on CPU (kd always trains fp32 there), bf16 on CUDA")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="ours' training.precision and kd_step's autocast (default auto: bf16 where the device has "
+                         "native bf16, kd.precision.resolve_precision); the peer runs at sentence-transformers' "
+                         "default (fp32) on CPU, plus a peer_bf16 row under CPU autocast when ours is bf16")
     ap.add_argument("--data-dir", default=None, help="shared data folder (default: ../shared/data)")
     ap.add_argument("--out", default=None, help="default: bench/results/training-<device>.json")
     ap.add_argument("--no-diagnostics", action="store_true",
@@ -114,9 +116,11 @@ def parse_args(argv=None):
     if args._probe is None:
         if args.steps < 1 or args.warmup < 0 or args.micro_batch < 1 or args.group_by_length < 0:
             ap.error("--steps >= 1, --warmup >= 0, --micro-batch >= 1, --group-by-length >= 0")
-        args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
-        if args.device == "cpu" and args.precision != "fp32":
-            ap.error("CPU training is fp32 in kd (training.bf16 only applies on GPU)")
+        from kd.precision import resolve_precision
+
+        decision = resolve_precision(args.precision, args.device)
+        args.precision_requested, args.precision, args.precision_reason = (args.precision, decision.precision,
+                                                                           decision.reason)
         args.data_dir = args.data_dir or str(default_data_dir("beir/scifact"))
         args.out = args.out or str(ROOT / "bench" / "results" / f"training-{args.device}.json")
     return args
@@ -132,6 +136,7 @@ def new_result(args) -> dict:
             "steps_timed": args.steps, "warmup_steps": args.warmup, "micro_batch": args.micro_batch,
             "max_query_length": args.max_query_length, "max_passage_length": args.max_passage_length,
             "lr": args.lr, "seed": args.seed, "device": args.device, "precision": args.precision,
+            "precision_requested": args.precision_requested, "precision_reason": args.precision_reason,
             "group_by_length": args.group_by_length,
             "student": "bert_dot, all-MiniLM-L6-v2 (default_backbone()), mean pooling, normalize as declared, 6 layers",
             "ours": "jobs.distill score_file margin_mse, DeepSpeed (ZeRO stage: --zero-stage), AdamW (torch_adam), log_every=1, "
@@ -157,12 +162,14 @@ def in_process_rows(args, result: dict, cfg, examples, batches: list[list[int]])
     import torch
 
     rows, total = result["rows"], len(batches)
-    plan = [("peer", None)]
+    plan = [("peer", None, None)]
+    if args.device == "cpu" and args.precision == "bf16":  # like for like: the peer under the same CPU autocast
+        plan.append(("peer_bf16", None, True))
     if args.peer_1thread and args.device == "cpu" and torch.get_num_threads() > 1:
-        plan.append(("peer_1thread", 1))
-    for name, threads in plan:
+        plan.append(("peer_1thread", 1, None))
+    for name, threads, bf16 in plan:
         print(f"[bench] {name}: {total} steps", flush=True)
-        r = timed_row(rows, name, "peer", lambda: run_peer(args, examples, batches, threads))
+        r = timed_row(rows, name, "peer", lambda: run_peer(args, examples, batches, threads, bf16))
         print(f"[bench] {name}: {fmt(r['triples_per_s'])} triples/s ({r['row_seconds']} s)", flush=True)
     result["tokens"]["peer_st_tokenization"] = {
         k: rows["peer"][k] for k in ("padded_tokens_per_triple", "real_tokens_per_triple")}

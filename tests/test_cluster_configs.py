@@ -356,6 +356,7 @@ def test_distill_job_merges_a_deepspeed_json(tmp_path, stage):
     assert conf["zero_optimization"]["stage"] == stage
     assert conf["train_micro_batch_size_per_gpu"] == 4 and conf["gradient_accumulation_steps"] == 2
     assert conf["bf16"] == {"enabled": False}  # CPU config: the file's bf16 does not apply
+    assert deepspeed_config(cfg, total_steps=100, bf16=True)["bf16"] == {"enabled": False}  # bf16 mode: GPUs only
     assert conf["optimizer"]["params"]["torch_adam"] is True
     assert DeepSpeedConfig(conf).zero_optimization_stage == stage
 

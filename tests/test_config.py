@@ -79,6 +79,27 @@ def test_distill_config_cross_field_checks(tmp_path):
         load_config(DistillConfig, None, base + ["student.init.layers=top+bottom"])
 
 
+def test_training_precision_and_the_older_bf16_switch(tmp_path):
+    """training.precision (auto | fp32 | bf16, auto by default); the older `bf16: true|false` still loads as auto|fp32,
+    both together or a non-boolean bf16 are refused naming the field."""
+    base = ["mode=supervised", "student.architecture=bert_dot", "loss.name=ranknet", "run.name=x",
+            "data.queries=q.jsonl", "data.passages=p.jsonl", "data.triples=t.tsv"]
+    for name in ("q.jsonl", "p.jsonl", "t.tsv"):
+        (tmp_path / name).write_text("")
+    base = [b.replace("=q", f"={tmp_path}/q").replace("=p", f"={tmp_path}/p").replace("=t", f"={tmp_path}/t")
+            for b in base]
+    assert load_config(DistillConfig, None, base).training.precision == "auto"
+    assert load_config(DistillConfig, None, base + ["training.bf16=false"]).training.precision == "fp32"
+    assert load_config(DistillConfig, None, base + ["training.bf16=true"]).training.precision == "auto"
+    assert load_config(DistillConfig, None, base + ["training.precision=bf16"]).training.precision == "bf16"
+    with pytest.raises(ConfigError, match="field training: .*not both"):
+        load_config(DistillConfig, None, base + ["training.bf16=true", "training.precision=fp32"])
+    with pytest.raises(ConfigError, match="field training: .*bf16: true or false"):
+        load_config(DistillConfig, None, base + ["training.bf16=yes please"])
+    with pytest.raises(ConfigError, match="field training.precision"):
+        load_config(DistillConfig, None, base + ["training.precision=fp16"])
+
+
 def test_rank_batches_are_deterministic_disjoint_and_equal_per_rank():
     a0 = rank_batches(103, epoch=0, seed=5, rank=0, world=2, micro_batch=8)
     a1 = rank_batches(103, epoch=0, seed=5, rank=1, world=2, micro_batch=8)

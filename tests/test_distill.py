@@ -105,6 +105,11 @@ def _check_run(config: Path, final: dict, sample_rows) -> None:
     run = client.get_run(final["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["mode"] == cfg["mode"] and run.data.params["loss.name"] == cfg["loss"]["name"]
+    # training.precision (auto) as the worker resolved it on this CPU, with the reason
+    from kd.precision import resolve_precision
+
+    assert run.data.params["info.precision"] == resolve_precision("auto", "cpu").precision
+    assert "native bf16" in run.data.params["info.precision_reason"]
     assert run.data.tags["kd.dataset"] == "scifact-train" and run.data.tags["kd.git_commit"]
     loss = [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
     assert len(loss) >= 4

@@ -110,7 +110,11 @@ class TrainingConfig(Strict):
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     gradient_clipping: float = Field(1.0, ge=0)
     zero_stage: Literal[0, 1, 2, "auto"] = "auto"  # auto: 2 on GPU, 0 on CPU (ZeRO only costs time in host memory)
-    bf16: bool = True  # only on GPU; CPU always trains in fp32
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast (fp32 weights and optimizer) where the hardware has native bf16 "
+                            "(a CUDA GPU from Ampere on, a CPU with avx512_bf16/amx_bf16), fp32 elsewhere "
+                            "(kd.precision.resolve_precision, as for evaluation); bf16: everywhere (warns where "
+                            "emulated); fp32: never. The older `bf16: true|false` means auto|fp32")
     seed: int = 42
     group_by_length: int = Field(
         0, ge=0, description="a window in steps: 0 = off (the plain seeded batches); W > 0 = micro-batches of "
@@ -124,6 +128,20 @@ class TrainingConfig(Strict):
     deepspeed_config: ExistingFile | None = Field(
         None, description="DeepSpeed JSON (e.g. cluster/deepspeed/zero2.json) merged over the generated config; batch "
                           "sizes, optimizer, scheduler and precision always come from this section")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_bf16(cls, data):
+        """`bf16: true|false` (before `precision`): true = bf16 where native (auto), false = fp32."""
+        if isinstance(data, dict) and "bf16" in data:
+            data = dict(data)
+            legacy = data.pop("bf16")
+            if not isinstance(legacy, bool):
+                raise ValueError(f"bf16: true or false (or use precision: auto|fp32|bf16), not {legacy!r}")
+            if "precision" in data:
+                raise ValueError("give precision or the older bf16, not both")
+            data["precision"] = "auto" if legacy else "fp32"
+        return data
 
     @field_validator("group_by_length", mode="before")
     @classmethod

@@ -50,18 +50,20 @@ def zero_stage(cfg: DistillConfig) -> int:
     return (2 if cfg.training.use_gpu else 0) if stage == "auto" else stage
 
 
-def deepspeed_config(cfg: DistillConfig, total_steps: int) -> dict:
+def deepspeed_config(cfg: DistillConfig, total_steps: int, bf16: bool = False) -> dict:
     """The engine's config from the training section, with `training.deepspeed_config`'s other keys (ZeRO settings,
-    gradient clipping, communication options, ...) merged over it."""
+    gradient clipping, communication options, ...) merged over it. `bf16`: DeepSpeed's bf16 mode (bf16 weights, fp32
+    master copies), for a GPU whose worker resolved training.precision to bf16; on CPU the worker autocasts instead and
+    DeepSpeed keeps fp32 (its CPU path has no bf16 optimizer)."""
     t = cfg.training
-    conf = _generated_deepspeed_config(cfg, total_steps)
+    conf = _generated_deepspeed_config(cfg, total_steps, bf16)
     if t.deepspeed_config:
         extra = json.loads(Path(t.deepspeed_config).read_text())
         conf.update({k: v for k, v in extra.items() if k not in DEEPSPEED_OWNED})
     return conf
 
 
-def _generated_deepspeed_config(cfg: DistillConfig, total_steps: int) -> dict:
+def _generated_deepspeed_config(cfg: DistillConfig, total_steps: int, bf16: bool) -> dict:
     t = cfg.training
     return {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
@@ -71,7 +73,7 @@ def _generated_deepspeed_config(cfg: DistillConfig, total_steps: int) -> dict:
             "total_num_steps": max(total_steps, 2), "warmup_num_steps": max(int(t.warmup_ratio * total_steps), 1),
             "warmup_min_lr": 0.0, "warmup_max_lr": t.lr, "warmup_type": "linear"}},
         "zero_optimization": {"stage": zero_stage(cfg)},
-        "bf16": {"enabled": bool(t.use_gpu and t.bf16)},
+        "bf16": {"enabled": bool(t.use_gpu and bf16)},
         "gradient_clipping": t.gradient_clipping,
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,

@@ -21,6 +21,7 @@ import torch
 
 from kd.configs.distill import DistillConfig
 from kd.configs.base import to_flat_dict
+from kd.precision import resolve_precision
 from kd.runtime.run_guards import file_digests, seal_checkpoint, verify_restored
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,11 @@ def train_loop_per_worker(config: dict) -> None:
     if worker.already_finished():  # a finished run: nothing to train or register
         return
     if worker.rank == 0 and worker.cfg.mlflow.enabled:
+        from kd.runtime.tracking import log_params
+
         worker.run = _mlflow_start(worker.cfg, config.get("mlflow_tags"))
+        # what training.precision resolved to here, and why (evaluation's vocabulary: info.precision[_reason])
+        log_params({f"info.{k}": v for k, v in worker.precision.as_info().items()})
     worker.train()
     worker.finish()
 
@@ -95,7 +100,10 @@ class Worker:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = _set_up_device(cfg, ctx.get_local_rank())
-        self.bf16 = bool(t.use_gpu and t.bf16)
+        # training.precision → bf16 autocast (fp32 weights, fp32 optimizer) where the device has native bf16
+        self.precision = resolve_precision(t.precision, self.device)
+        self.bf16 = self.precision.bf16
+        logger.info("rank %d trains in %s", self.rank, self.precision)
 
         torch.manual_seed(t.seed)  # identical initial student (and heads) on every rank
         teacher = load_teacher_model(cfg)
@@ -117,7 +125,7 @@ class Worker:
         self.total_steps = every if t.max_steps is None else min(t.max_steps, every)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=self.module, model_parameters=[p for p in self.module.parameters() if p.requires_grad],
-            config=deepspeed_config(cfg, self.total_steps),
+            config=deepspeed_config(cfg, self.total_steps, bf16=self.bf16 and self.device.type == "cuda"),
         )
         self.validator = Validator(cfg, self.rank, self.world) if cfg.validation.run else None
         self.target = metric_key(cfg.validation.metric)
@@ -171,7 +179,7 @@ class Worker:
             for bi in range((self.step - epoch * self.steps_per_epoch) * ga, len(batches)):
                 # dropout: f(step, rank)
                 torch.manual_seed(t.seed * 1_000_003 + self.rank * 10_007 + epoch * 100_003 + bi)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     loss = self.engine(self.examples.batch(batches[bi]))
                 self.engine.backward(loss)
                 self.engine.step()
@@ -245,7 +253,7 @@ class Worker:
         from kd.training import validation_scorer
 
         scorer = validation_scorer(self.module, self.cfg.validation.batch_size)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             part = self.validator.partial_run(scorer)
         parts = [None] * self.world
         dist.all_gather_object(parts, part)
