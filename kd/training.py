@@ -23,7 +23,11 @@ from kd.configs.base import to_flat_dict
 from kd.configs.distill import DistillConfig
 from kd.configs.errors import ConfigError
 from kd.data import FormatError, load_passages, load_queries, read_qrels, read_trec_run
-from kd.data.join import JoinedTriple, JoinStats, join_teacher_scores, join_triples
+from kd.data.collate import score_collated
+from kd.data.join import JoinStats
+from kd.data.rows import excluded_queries as _excluded_queries
+from kd.data.rows import join_stats as _join_stats
+from kd.data.rows import joined_rows as _joined_rows
 from kd.init import layer_subset_student, other_model_student, truncate_layers
 from kd.losses import get_loss
 from kd.metrics import evaluate
@@ -62,11 +66,6 @@ class Examples:
         return out
 
 
-def _excluded_queries(cfg: DistillConfig) -> set[str]:
-    path = cfg.data.exclude_query_ids_from
-    return set(read_qrels(path)) if path else set()
-
-
 def _query_texts(cfg: DistillConfig, excluded: set[str]) -> Iterator[str]:
     """Embedding mode's examples: every query of data.query_files, minus excluded ids and repeated texts."""
     seen: set[str] = set()
@@ -78,19 +77,6 @@ def _query_texts(cfg: DistillConfig, excluded: set[str]) -> Iterator[str]:
             yield text
 
 
-def _joined_rows(cfg: DistillConfig, stats: JoinStats) -> Iterator[JoinedTriple]:
-    """The other modes' examples: teacher-score lines (score_file) or id triples joined with their text, read by
-    the validated per-line readers (a bad line, a non-finite score or an unknown id raises FormatError naming the
-    file and line in strict mode; lenient mode counts it in `stats`)."""
-    d = cfg.data
-    queries = load_queries(d.queries, strict=d.strict)
-    passages = load_passages(d.passages, strict=d.strict, use_title=d.use_title, show_progress=False)
-    if cfg.mode == "score_file":
-        return join_teacher_scores(cfg.teacher.scores, queries, passages, strict=d.strict, stats=stats,
-                                   use_title=d.use_title)
-    return join_triples(d.triples, queries, passages, strict=d.strict, stats=stats, use_title=d.use_title)
-
-
 def _training_file(cfg: DistillConfig) -> str:
     return {"score_file": cfg.teacher.scores, "embedding": ", ".join(cfg.data.query_files)}.get(cfg.mode,
                                                                                                cfg.data.triples)
@@ -100,14 +86,16 @@ def _no_examples(cfg: DistillConfig, stats: dict) -> FormatError:
     return FormatError(f"no training examples (mode {cfg.mode}): {stats}", path=_training_file(cfg))
 
 
-def _join_stats(stats: JoinStats, excluded: int) -> dict:
-    return {"rows": stats.rows, "joined": stats.joined, "skipped": stats.skipped,
-            "missing_query": stats.missing_query, "missing_passage": stats.missing_passage,
-            "duplicates": stats.duplicates, "excluded_queries": excluded}
-
-
-def load_examples(cfg: DistillConfig) -> Examples:
+def load_examples(cfg: DistillConfig, student: Ranker | None = None):
+    """The worker's training examples: `Examples` of texts, or with data.prepared the folder's memory-mapped,
+    collated-from-ids examples for `student` (kd.data.prepared.PreparedExamples, same len / batch / stats)."""
     d = cfg.data
+    if d.prepared:
+        from kd.data.prepared import load_prepared
+
+        if student is None:
+            raise ValueError("data.prepared: the examples are collated for a student; pass it")
+        return load_prepared(cfg, student)
     excluded = _excluded_queries(cfg)
     if cfg.mode == "embedding":
         ex = Examples(query=list(_query_texts(cfg, excluded)),
@@ -140,7 +128,12 @@ def check_examples(cfg: DistillConfig) -> dict:
     """The driver's pass over the training data before any Ray work: the same readers, joins and checks as
     `load_examples` (what every worker runs), streamed and counted instead of kept, so a NaN teacher score, a
     malformed line or an unknown id fails in seconds with the file and line (FormatError) instead of inside every
-    Ray worker after start-up, and again after a retry. Returns the counts `load_examples` would report."""
+    Ray worker after start-up, and again after a retry. Returns the counts `load_examples` would report. With
+    data.prepared: the folder against the config and the student (kd.data.prepared.check_prepared)."""
+    if cfg.data.prepared:
+        from kd.data.prepared import check_prepared
+
+        return check_prepared(cfg)
     excluded = _excluded_queries(cfg)
     if cfg.mode == "embedding":
         n = sum(1 for _ in _query_texts(cfg, excluded))
@@ -221,6 +214,8 @@ def example_lengths(examples: Examples, student: Ranker) -> np.ndarray:
     pair to the longest (q, p) pair of the batch, which a truncated abstract almost always reaches: no gain there
     (BERT_CAT 30/200: 1.4% either way). Cost: one tokenizer pass over the distinct texts (about 1 s here)."""
     q_max, p_max = _side_max_lengths(student)
+    if not isinstance(examples, Examples):  # prepared: the stored word-piece counts (kd.data.prepared)
+        return examples.lengths(q_max, p_max, student.tokenizer.num_special_tokens_to_add(False))
     key = token_lengths(examples.query, student.tokenizer, q_max)
     if examples.pos is not None:
         key = key + np.maximum(token_lengths(examples.pos, student.tokenizer, p_max),
@@ -337,7 +332,7 @@ class DistillStep(nn.Module):
         return self._teacher[0]
 
     def forward(self, batch: dict) -> torch.Tensor:
-        q = batch["query"]
+        q = batch.get("query")
         device = next(self.student.parameters()).device
         if self.mode == "embedding":
             with torch.no_grad():
@@ -355,7 +350,10 @@ class DistillStep(nn.Module):
             return self.loss(s.logits.float(), t.logits.float(), labels, [a.float() for a in s.attentions],
                              [a.float() for a in t.attentions], [h.float() for h in s.hidden_states],
                              [h.float() for h in t.hidden_states], inputs["attention_mask"])
-        s_pos, s_neg = self.student.score_triples(q, batch["pos"], batch["neg"])
+        if "features" in batch:  # collated from token ids (data.prepared, kd/data/collate.py)
+            s_pos, s_neg = score_collated(self.student, batch["features"])
+        else:
+            s_pos, s_neg = self.student.score_triples(q, batch["pos"], batch["neg"])
         s_pos, s_neg = s_pos.float() * self.student_scale, s_neg.float() * self.student_scale  # LossConfig
         if self.mode == "supervised":
             return self.loss(s_pos, s_neg)
@@ -401,7 +399,7 @@ def run_fields(cfg: DistillConfig) -> dict:
 
 # fields added to DistillConfig after runs were first saved, with the value such a run was trained with: a run
 # saved without one computed exactly what the field's default computes, so it still resumes
-ADDED_FIELDS = {"loss.student_scale": 1.0, "training.group_by_length": 0}
+ADDED_FIELDS = {"loss.student_scale": 1.0, "training.group_by_length": 0, "data.prepared": None}
 
 
 def changed_fields(old: dict, new: dict) -> list[str]:

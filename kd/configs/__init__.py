@@ -9,7 +9,7 @@
     catalog.py         the names the validator needs (architectures, losses, options, layer schemes), looks_local,
                        local_model_folder, resources_dir
     common.py          MLflowConfig, TextSource
-    distill.py / mine.py / score_teachers.py / evaluate.py / sweep.py / pipeline.py: one job's config each
+    distill.py / mine.py / prepare.py / score_teachers.py / evaluate.py / sweep.py / pipeline.py: one job's config each
     search_space.py    a sweep's search space without Ray: dimensions, points checked, trial sizes
     pipeline_stages.py the pipeline's stage sections and names
 
@@ -27,6 +27,7 @@ _EXPORTS = {
     "MLflowConfig": "common", "TextSource": "common",
     "DistillConfig": "distill", "RegistryConfig": "distill", "ValidationConfig": "distill",
     "MineTriplesConfig": "mine",
+    "PrepareConfig": "prepare",
     "ScoreTeachersConfig": "score_teachers", "TeacherSpec": "score_teachers",
     "EvalConfig": "evaluate", "ModelSpec": "evaluate",
     "SweepConfig": "sweep",

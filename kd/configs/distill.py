@@ -73,6 +73,21 @@ class TrainDataConfig(Strict):
     use_title: bool = True
     max_examples: int | None = Field(None, ge=1)
     strict: bool = True
+    prepared: str | None = Field(
+        None, description="a folder written by jobs.prepare (score_file / supervised modes): the workers "
+                          "memory-map its tokenised examples instead of joining the files above, which may still be "
+                          "named and must then be the files it was prepared from (kd/data/prepared.py)")
+
+    @field_validator("prepared")
+    @classmethod
+    def _prepared_folder(cls, v: str | None) -> str | None:
+        """An existing folder, resolved here (the workers may run in another working directory)."""
+        if v is None:
+            return v
+        folder = Path(v).expanduser()
+        if not folder.is_dir():
+            raise ValueError(f"folder not found: {v} (write it with python -m jobs.prepare)")
+        return str(folder.resolve())
 
 
 class ValidationConfig(Strict):
@@ -239,7 +254,12 @@ class DistillConfig(Strict):
         needs_file = {"score_file": [("teacher.scores", self.teacher.scores), *text],
                       "supervised": [("data.triples", d.triples), *text],
                       "in_loop": [("data.triples", d.triples), *text], "embedding": []}[self.mode]
+        if d.prepared and self.mode not in ("score_file", "supervised"):
+            errors.append(("data.prepared", f"mode {self.mode!r} trains on the raw path only (prepared folders: "
+                                            "score_file, supervised)"))
         for field_name, value in needs_file:
+            if value is None and d.prepared:  # the prepared folder holds them; named ones must match it
+                continue
             problem = f"required in mode {self.mode!r}" if value is None else file_problem(value, context)
             if problem:
                 errors.append((field_name, problem))

@@ -22,10 +22,11 @@ import time
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from kd.configs.errors import ConfigError
 from kd.data import FormatError
 from kd.data.join import JoinStats
 from kd.data.rows import excluded_queries, join_stats, joined_rows
@@ -187,3 +188,56 @@ def write_folder(output: str | Path, rows: PreparedRows, queries: dict[str, np.n
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+Tokenize = Callable[[list[str], int, str], dict[str, np.ndarray]]  # (texts, cap, what) → pack(...) of the texts
+
+
+def tokenize_local(tokenizer_name: str, batch_size: int = 1024) -> Tokenize:
+    """Tokenise in this process (what each Ray Data actor of kd/runtime/prepare.py runs on its batches)."""
+    from transformers import AutoTokenizer
+
+    from kd.models import backbone as bb
+
+    tokenizer = AutoTokenizer.from_pretrained(bb.resolve(tokenizer_name))
+    tokenizer.model_max_length = 1 << 30  # full counts of long texts are wanted, not a warning per text
+
+    def tokenize(texts: list[str], cap: int, what: str) -> dict[str, np.ndarray]:
+        lengths, pieces = [], []
+        for i in range(0, len(texts), batch_size):
+            n, p = tokenize_batch(tokenizer, texts[i : i + batch_size], cap)
+            lengths.append(n)
+            pieces += p
+        return pack(np.concatenate(lengths), pieces)
+
+    return tokenize
+
+
+def prepare_folder(cfg, tokenize: Tokenize) -> dict:
+    """jobs.prepare: digests of the sources, the join (bad lines fail here, before any tokenising), the distinct
+    queries and passages tokenised by `tokenize` at the config's caps, the folder written atomically. Returns the
+    manifest (+ "folder")."""
+    from transformers import AutoTokenizer
+
+    from kd.models import backbone as bb
+
+    out = Path(cfg.output).expanduser()
+    if out.exists() and not cfg.overwrite:
+        raise ConfigError(f"field output: {out} exists; set overwrite: true to replace it")
+    tokenizer = AutoTokenizer.from_pretrained(bb.resolve(cfg.tokenizer))
+    sources = {role: file_source(path) for role, path in source_paths(cfg).items()}
+    rows = collect_rows(cfg)
+    queries = tokenize(rows.queries, cfg.max_query_length, "queries")
+    passages = tokenize(rows.passages, cfg.max_passage_length, "passages")
+    manifest = {
+        "mode": cfg.mode, "sources": sources, "use_title": cfg.data.use_title, "strict": cfg.data.strict,
+        "tokenizer": {"name": cfg.tokenizer, "class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
+                      "digest": tokenizer_digest(tokenizer)},
+        "max_query_length": cfg.max_query_length, "max_passage_length": cfg.max_passage_length,
+        "counts": {"triples": int(rows.stats["examples"]), "queries": len(rows.queries),
+                   "passages": len(rows.passages), "query_tokens": int(len(queries["ids"])),
+                   "passage_tokens": int(len(passages["ids"]))},
+        "join": rows.stats,
+    }
+    folder = write_folder(out, rows, queries, passages, manifest, overwrite=cfg.overwrite)
+    return {**json.loads((folder / MANIFEST).read_text()), "folder": str(folder)}

@@ -111,7 +111,7 @@ class Worker:
         self.module = DistillStep.from_config(cfg, student, teacher)
         if self.module.teacher is not None:
             self.module.teacher.to(device=self.device, dtype=torch.bfloat16 if self.bf16 else torch.float32)
-        self.examples = load_examples(cfg)
+        self.examples = load_examples(cfg, student)  # data.prepared: memory-mapped, collated for this student
         mb, ga = t.micro_batch_size, t.gradient_accumulation_steps
         # training.group_by_length: the student's token counts, the key the grouped batches sort by
         self.lengths = example_lengths(self.examples, student) if t.group_by_length else None
@@ -166,6 +166,7 @@ class Worker:
 
     # ------------------------------------------------------------------------------------------- train
     def train(self) -> None:
+        from kd.data.prefetch import batch_stream
         from kd.training import rank_batches
 
         t = self.cfg.training
@@ -176,11 +177,13 @@ class Worker:
             epoch = self.step // self.steps_per_epoch
             batches = rank_batches(len(self.examples), epoch, t.seed, self.rank, self.world, mb, self.lengths,
                                    t.group_by_length)[: self.steps_per_epoch * ga]
-            for bi in range((self.step - epoch * self.steps_per_epoch) * ga, len(batches)):
+            start = (self.step - epoch * self.steps_per_epoch) * ga
+            stream = batch_stream(self.examples, batches[start:])  # prepared: collated ahead in a thread
+            for bi in range(start, len(batches)):
                 # dropout: f(step, rank)
                 torch.manual_seed(t.seed * 1_000_003 + self.rank * 10_007 + epoch * 100_003 + bi)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                    loss = self.engine(self.examples.batch(batches[bi]))
+                    loss = self.engine(next(stream))
                 self.engine.backward(loss)
                 self.engine.step()
                 self.losses.append(float(loss.detach()))
