@@ -99,14 +99,15 @@ def test_training_numbers_recomputed_from_the_committed_rows_are_the_committed_o
     from _training_report import NOTES, derive
 
     committed = _committed("training")
-    result = copy.deepcopy({k: committed[k] for k in ("rows", "tokens", "thread_probe")})
+    result = copy.deepcopy({k: committed[k] for k in ("rows", "tokens", "thread_probe", "padding")})
     for row in result["rows"].values():
         row.pop("cpu_s_per_triple", None)
     result["tokens"].pop("ours_vs_peer_padded_tokens")
     result["notes"] = []
     s = committed["settings"]
-    derive(argparse.Namespace(device=s["device"], steps=s["steps_timed"]), result)
-    for key in ("speedup", "scaling", "targets", "checks", "max_other_share", "contended", "diagnosis"):
+    derive(argparse.Namespace(device=s["device"], steps=s["steps_timed"], precision=s["precision"]), result)
+    for key in ("speedup", "scaling", "targets", "checks", "max_other_share", "contended", "diagnosis",
+                "speedup_vs_st", "speedup_vs_st_same_precision", "padding_fraction_before", "padding_fraction_after"):
         assert result[key] == committed[key], key
     assert result["tokens"]["ours_vs_peer_padded_tokens"] == committed["tokens"]["ours_vs_peer_padded_tokens"]
     for name, row in committed["rows"].items():
@@ -123,8 +124,66 @@ def test_training_cli_flags_and_help():
                  "--job-retries", "--no-two-workers", "--zero-stage", "--no-thread-probe", "--job-timeout",
                  "--keep-tmp"):
         assert flag in proc.stdout, flag
+    from kd.precision import resolve_precision
+
     args = _script("training").parse_args(["--steps", "3", "--warmup", "0"])
-    assert (args.steps, args.warmup, args.precision, args.zero_stage) == (3, 0, "fp32", "auto")
+    # --precision auto resolves like training.precision on this CPU, and the decision's reason is kept
+    assert (args.steps, args.warmup, args.precision, args.zero_stage) == (
+        3, 0, resolve_precision("auto", "cpu").precision, "auto")
+    assert args.precision_requested == "auto" and args.precision_reason.startswith("auto: CPU")
     assert args.out.endswith("bench/results/training-cpu.json")
+    assert _script("training").parse_args(["--precision", "fp32"]).precision == "fp32"
     with pytest.raises(SystemExit):
-        _script("training").parse_args(["--precision", "bf16"])  # kd trains fp32 on CPU
+        _script("training").parse_args(["--precision", "fp16"])
+
+
+def _gpu_sh_dry_run() -> list[list[str]]:
+    """The benchmark commands `bash bench/gpu.sh --dry-run` prints (one `timeout N cmd...` line each), split."""
+    proc = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--dry-run"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [line.split() for line in proc.stdout.splitlines() if line.startswith("timeout ")]
+
+
+def test_gpu_sh_parses_and_its_dry_run_runs_each_benchmark_on_cuda_in_under_9_minutes():
+    assert subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], timeout=30).returncode == 0
+    steps = _gpu_sh_dry_run()
+    scripts = [next(w for w in s if w.startswith("bench/")) for s in steps]
+    assert scripts == ["bench/scoring.py", "bench/training.py", "bench/evaluation.py"]
+    for s, script in zip(steps, scripts):
+        assert s[s.index("--device") + 1] == "cuda", script
+        name = Path(script).stem
+        assert s[s.index("--out") + 1] == f"bench/results/{name}-gpu.json"
+    assert sum(int(s[1]) for s in steps) + 3 * 5 < 9 * 60  # the step limits (+ each kill-after) fit in 9 minutes
+    # every flag gpu.sh passes is one the script takes (bench/training.py and bench/evaluation.py change under it)
+    for s, script in zip(steps, scripts):
+        helptext = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
+                                  timeout=120).stdout
+        for flag in (w for w in s if w.startswith("--")):
+            assert flag in helptext, f"{script} has no {flag}"
+
+
+def test_scoring_unpadded_row_and_headline_keys_on_real_pairs(tmp_path):
+    """bench/scoring.py end to end on 24 real DL'19 pairs (CPU): the unpadded row agrees with the padded one and the
+    JSON carries the top-level speedup_vs_peer and mfu (with the FLOP formula) that bench/gpu.sh checks for."""
+    scoring = _script("scoring")
+    assert scoring.parse_args([]).impls == ("ours", "peer")  # CPU default: the committed rows only
+    assert scoring.parse_args(["--device", "cuda"]).impls == ("ours", "ours_unpadded", "peer")
+    out = tmp_path / "scoring.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "scoring.py"), "--pairs", "24", "--batch-size", "8", "--repeats", "1",
+         "--max-extra-repeats", "0", "--warmup-batches", "1", "--agreement-subset", "8", "--unpadded-row",
+         "--skip-parsing", "--peak-tflops", "1", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    s = r["scoring"]
+    assert set(s["implementations"]) == {"ours", "ours_unpadded", "peer"}
+    assert s["unpadded_agreement"]["agree"] and s["unpadded_agreement"]["max_abs_diff"] < 1e-4
+    assert s["settings"]["ours_unpadded_kernel"] in ("nested_sdpa", "loop")
+    assert r["speedup_vs_peer_row"] in ("ours", "ours_unpadded")
+    row = s["implementations"][r["speedup_vs_peer_row"]]
+    assert r["speedup_vs_peer"] == row["pairs_per_s"]["best"] / s["implementations"]["peer"]["pairs_per_s"]["best"]
+    assert 0 < r["mfu"] == row["mfu_model_best"] and "real_len^2" in r["mfu_flop_formula"]
+    unp = s["implementations"]["ours_unpadded"]
+    assert unp["real_tokens_per_pair"] < unp["padded_tokens_per_pair"]  # the batches it was given were padded
