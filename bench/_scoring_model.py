@@ -1,8 +1,10 @@
 """bench/scoring.py part 1 set-up: the one model folder both paths load, the two paths as timed, and what they count.
 
 One HF sequence-classification model (the packaged all-MiniLM-L6-v2 body plus a 1-label head seeded with
-torch.manual_seed(0)) is saved with its tokenizer to a temp folder and loaded twice: by kd
-(load_cross_encoder_teacher) and by sentence-transformers (CrossEncoder), same max length, device and precision.
+torch.manual_seed(0)) is saved with its tokenizer to a temp folder and loaded by kd (load_cross_encoder_teacher, its
+`unpadded` option set to false: the padded path), by sentence-transformers (CrossEncoder) and, for the unpadded row,
+by kd again with `unpadded: true` (kd.models.unpadded: packed real tokens, varlen attention); same max length,
+device and precision.
 """
 from __future__ import annotations
 
@@ -39,13 +41,15 @@ class TokenCounter:
         self.reset()
 
     def reset(self):
-        self.padded = self.real = self.pairs = self.batches = 0
+        self.padded = self.real = self.real_sq = self.pairs = self.batches = 0
         self.max_len = 0
 
     def add(self, features: dict):
         ids = features["input_ids"]
         self.padded += ids.numel()
-        self.real += int(features["attention_mask"].sum())
+        lengths = features["attention_mask"].sum(1)
+        self.real += int(lengths.sum())
+        self.real_sq += int((lengths.long() ** 2).sum())
         self.pairs += ids.shape[0]
         self.batches += 1
         self.max_len = max(self.max_len, ids.shape[1])
@@ -71,6 +75,7 @@ class TokenCounter:
         return {
             "padded_tokens_per_pair": self.padded / p,
             "real_tokens_per_pair": self.real / p,
+            "real_tokens_squared_per_pair": self.real_sq / p,
             "padding_efficiency": self.real / max(self.padded, 1),
             "batches": self.batches,
             "max_batch_length": self.max_len,
@@ -99,6 +104,7 @@ def load_paths(args, device: torch.device):
     folder = Path(tmp.name)
     build_model_folder(folder)
     ours = load_cross_encoder_teacher(folder, max_length=args.max_length).to(device)
+    ours.options["unpadded"] = False  # the padded path on every device ("auto" would unpad on CUDA)
     peer = CrossEncoder(str(folder), device=str(device), max_length=args.max_length)
     cast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
     if cast is not None:
@@ -122,6 +128,7 @@ def settings(args, device: torch.device, ours, peer) -> dict:
         "ours_call": f"load_cross_encoder_teacher(folder, max_length={args.max_length}).predict(q, p, batch_size={bs})",
         "peer_call": f"CrossEncoder(folder, device={str(device)!r}, max_length={args.max_length})"
                      f".predict(pairs, batch_size={bs}, show_progress_bar=False)",
+        "ours_unpadded_option": False,
         "ours_attn_implementation": ours.encoder.config._attn_implementation,
         "peer_attn_implementation": peer_hf.config._attn_implementation,
         "ours_max_length": ours.options["max_length"],
@@ -131,4 +138,25 @@ def settings(args, device: torch.device, ours, peer) -> dict:
         "peer_tokenizer": type(peer.tokenizer).__name__,
         "peer_input": "list of [query, passage] lists (built before timing)",
         "ours_input": "two aligned lists (queries, passages)",
+    }
+
+
+def load_unpadded(args, device: torch.device, folder: Path):
+    """The unpadded row: the same folder as kd's cross-encoder with `unpadded: true`, and the kernel it attends with."""
+    from kd.models import HFCrossEncoder
+    from kd.models import unpadded as up
+    from kd.teachers.members import freeze
+
+    model = freeze(HFCrossEncoder.from_backbone(str(folder), max_length=args.max_length, unpadded=True)).to(device)
+    cast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    if cast is not None:
+        model.to(cast)
+    model.eval()
+    probe_dtype = cast or (torch.bfloat16 if args.precision == "autocast-bf16" else
+                           torch.float16 if args.precision == "autocast-fp16" else torch.float32)
+    kernel = up.attention_kernel(torch.zeros(1, 1, 8, device=device, dtype=probe_dtype))
+    return model, {
+        "ours_unpadded_call": f"HFCrossEncoder.from_backbone(folder, max_length={args.max_length}, unpadded=True)"
+                              f".predict(q, p, batch_size={args.batch_size})",
+        "ours_unpadded_kernel": kernel,
     }

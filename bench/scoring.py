@@ -2,13 +2,16 @@
 """Scoring benchmark: our cross-encoder scoring path vs sentence-transformers' CrossEncoder, and teacher-file parsing.
 
     python bench/scoring.py                    # CPU, 1000 real DL19 pairs -> bench/results/scoring-cpu.json
-    python bench/scoring.py --device cuda      # GPU, 20000 pairs, bf16 autocast, MFU
+    python bench/scoring.py --device cuda      # GPU, 20000 pairs, bf16 autocast, MFU, + the unpadded row
     python bench/scoring.py --pairs 500 --batch-size 32 --out /tmp/x.json
 
 Part 1 (cross-encoder throughput). One HF sequence-classification model (the packaged all-MiniLM-L6-v2 body plus a
 1-label head seeded with torch.manual_seed(0)) is saved to a temp folder with its tokenizer and loaded twice:
   ours  kd.teachers.load_cross_encoder_teacher(folder, max_length=L).predict(queries, passages, batch_size=B)
   peer  sentence_transformers.CrossEncoder(folder, device=..., max_length=L).predict(pairs, batch_size=B)
+  ours_unpadded (default on CUDA, --unpadded-row elsewhere) the same kd call with the model option `unpadded: true`
+        (kd.models.unpadded: real tokens packed, varlen attention: flash-attn / nested SDPA / per-sequence loop)
+("ours" runs with `unpadded: false`, the padded path, on every device.)
 Same max length, batch size, device, precision and pairs (TREC DL 2019 queries x their BM25 top-100 passages, then the
 other first-stage runs if more pairs are asked for). Both are warmed up, then timed in alternating order
 (ours, peer, ours, peer, ...); best and mean pairs/s are reported (wall clock, plus the process CPU time of each
@@ -16,7 +19,10 @@ run, which is less sensitive to other load on a shared machine). Ours tokenizes 
 batches by exact token count and keeps scores on the device until the end; the peer sorts by character length and
 tokenizes per batch. Score agreement is checked on all N pairs (the peer
 applies Sigmoid to 1-label models; it is undone with logit) and exactly on a subset (peer with activation_fn=Identity).
-On CUDA, MFU = 2 x non-embedding params x padded tokens/pair x pairs/s / peak FLOP/s (attention's L^2 term excluded).
+Each row's `mfu_best` = 2 x non-embedding params x padded tokens/pair x pairs/s / peak (the work that row did,
+attention's L^2 excluded). The top-level `mfu` is the model-FLOP utilisation of the fastest kd row:
+(2 x non-embedding params x real tokens/pair + 4 x layers x hidden x mean(real len^2)) x pairs/s / peak — the FLOPs the
+model needs, padding not counted, attention included — and `speedup_vs_peer` is that row's best pairs/s / the peer's.
 
 Part 2 (teacher-file parsing). A seeded synthetic 1M-line teacher file (pos<TAB>neg<TAB>qid<TAB>pos_pid<TAB>neg_pid) is
 parsed with kd.data.read_teacher_scores(path, ids="int") and with a naive `line.split('\t')` loop (lines/s).
@@ -45,10 +51,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from _common import CpuWindow, default_data_dir, machine, quiet_hf  # noqa: E402
-from _scoring_model import TokenCounter, load_paths, non_embedding_params, precision_ctx, sync  # noqa: E402
+from _scoring_model import (  # noqa: E402
+    TokenCounter, load_paths, load_unpadded, non_embedding_params, precision_ctx, sync,
+)
 from _scoring_parsing import bench_parsing, summary  # noqa: E402
 
-TARGETS = {"cpu_speedup_min": 1.0, "gpu_speedup_min": 1.5, "parse_lines_per_s_min": 1_000_000}
+TARGETS = {"cpu_speedup_min": 1.0, "gpu_speedup_min": 1.5, "gpu_mfu_min": 0.5, "parse_lines_per_s_min": 1_000_000}
+KD_ROWS = ("ours", "ours_unpadded")
+MFU_FORMULA = ("(2 * non_embedding_params * real_tokens_per_pair + 4 * layers * hidden * mean(real_len^2)) * pairs_per_s"
+               " / (peak_tflops * 1e12)")
 H100_SXM_BF16_DENSE_TFLOPS = 989.0
 RUN_ORDER = ("BM25", "BM25_RM3", "D_BERT_KD_TASB", "SPLADE_P_P_ENSEMBLE_DISTIL", "OPEN_AI_ADA2")
 # this script's JSON keys for machine facts that _common.machine names otherwise (committed results use these)
@@ -206,6 +217,7 @@ def agreement(args, device, ours, peer, out: dict, queries, passages, pairs, act
 def row_numbers(args, name: str, t: Timings, n: int, tok_time: dict, toks: dict, ne_params: int) -> dict:
     """One implementation's entry: rates (all / quiet runs), CPU, tokenization, FLOPs and MFU."""
     rates = [n / s for s in t.seconds[name]]
+    tok_time = {**tok_time, "ours_unpadded": tok_time["ours"]}  # the same pretokenize
     row = {
         "pairs_per_s": summary(rates),
         "seconds": t.seconds[name],
@@ -218,14 +230,21 @@ def row_numbers(args, name: str, t: Timings, n: int, tok_time: dict, toks: dict,
         "tokenize_share_of_best_run": tok_time[name] / min(t.seconds[name]),
         **toks[name],
     }
-    # FLOPs: 2 x non-embedding params x padded tokens actually processed by this path (attention L^2 excluded)
-    flops_pair = 2.0 * ne_params * toks[name]["padded_tokens_per_pair"]
+    # FLOPs: 2 x non-embedding params x tokens this path ran its layers on (attention L^2 excluded): the padded
+    # batch, or the real tokens only for the unpadded row
+    ran = toks[name]["real_tokens_per_pair" if name == "ours_unpadded" else "padded_tokens_per_pair"]
+    flops_pair = 2.0 * ne_params * ran
     row["flops_per_pair"] = flops_pair
     row["achieved_tflops_best"] = flops_pair * max(rates) / 1e12
     row["achieved_tflops_mean"] = flops_pair * statistics.fmean(rates) / 1e12
+    model_flops = 2.0 * ne_params * toks[name]["real_tokens_per_pair"] + \
+        4.0 * args.layers * args.hidden * toks[name]["real_tokens_squared_per_pair"]
+    row["model_flops_per_pair"] = model_flops
+    row["model_tflops_best"] = model_flops * max(rates) / 1e12
     if args.peak_tflops:
         row["mfu_best"] = row["achieved_tflops_best"] / args.peak_tflops
         row["mfu_mean"] = row["achieved_tflops_mean"] / args.peak_tflops
+        row["mfu_model_best"] = row["model_tflops_best"] / args.peak_tflops
     return row
 
 
@@ -233,16 +252,22 @@ def bench_scoring(args, device: torch.device, queries: list[str], passages: list
     pairs = [[q, p] for q, p in zip(queries, passages)]
     n, bs = len(pairs), args.batch_size
     ours, peer, tmp, settings = load_paths(args, device)
+    kd_models = {"ours": ours}
+    if "ours_unpadded" in args.impls:
+        kd_models["ours_unpadded"], extra = load_unpadded(args, device, Path(tmp.name))
+        settings.update(extra)
     total_params, ne_params = non_embedding_params(ours.encoder)
+    args.layers, args.hidden = ours.encoder.config.num_hidden_layers, ours.encoder.config.hidden_size
 
     # counting wrappers (instance attributes; one counter add per batch)
-    counters = {name: TokenCounter() for name in ("ours", "peer")}
-    ours.forward = counters["ours"].wrap_forward(ours.forward)  # ours tokenizes once, up front: count what it runs
+    counters = {name: TokenCounter() for name in args.impls}
+    for name, model in kd_models.items():  # kd tokenizes once, up front: count what its forward runs
+        model.forward = counters[name].wrap_forward(model.forward)
     peer.preprocess = counters["peer"].wrap(peer.preprocess)
 
     def run(name, q=queries, d=passages, p=pairs):
-        if name == "ours":
-            return ours.predict(q, d, batch_size=bs)
+        if name in kd_models:
+            return kd_models[name].predict(q, d, batch_size=bs)
         return peer.predict(p, batch_size=bs, show_progress_bar=False, convert_to_numpy=True)
 
     # warm-up: a few batches each (allocator, kernels, autotuning)
@@ -277,6 +302,14 @@ def bench_scoring(args, device: torch.device, queries: list[str], passages: list
         "cpu_time_best": impl["ours"]["pairs_per_cpu_s_best"] / impl["peer"]["pairs_per_cpu_s_best"],
         "best_quiet": _ratio(impl["ours"]["pairs_per_s_best_quiet"], impl["peer"]["pairs_per_s_best_quiet"]),
     }
+    if "ours_unpadded" in impl:
+        res["speedup_ours_unpadded_over_peer"] = {
+            "best": impl["ours_unpadded"]["pairs_per_s"]["best"] / impl["peer"]["pairs_per_s"]["best"],
+            "mean": impl["ours_unpadded"]["pairs_per_s"]["mean"] / impl["peer"]["pairs_per_s"]["mean"],
+        }
+        res["speedup_unpadded_over_padded"] = (impl["ours_unpadded"]["pairs_per_s"]["best"]
+                                               / impl["ours"]["pairs_per_s"]["best"])
+        res["unpadded_agreement"] = unpadded_agreement(args, t.out)
     res["agreement"] = agreement(args, device, ours, peer, t.out, queries, passages, pairs,
                                  settings["peer_activation_fn"])
     if args.peak_tflops:
@@ -287,6 +320,30 @@ def bench_scoring(args, device: torch.device, queries: list[str], passages: list
         )
     tmp.cleanup()
     return res
+
+
+def unpadded_agreement(args, out: dict) -> dict:
+    """The unpadded row's scores vs the padded row's, all N pairs (same model, same precision)."""
+    diff = (out["ours_unpadded"].double() - out["ours"].double()).abs()
+    tol = 1e-4 if args.precision == "fp32" else 5e-2
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "tolerance": tol,
+            "agree": bool(diff.max() <= tol)}
+
+
+def headline(args, scoring: dict) -> dict:
+    """The top-level `speedup_vs_peer` and `mfu`: the fastest kd row's best pairs/s over the peer's, and its
+    model-FLOP utilisation (None without a peak)."""
+    impl = scoring["implementations"]
+    row = max((r for r in KD_ROWS if r in impl), key=lambda r: impl[r]["pairs_per_s"]["best"])
+    return {
+        "speedup_vs_peer": impl[row]["pairs_per_s"]["best"] / impl["peer"]["pairs_per_s"]["best"],
+        "speedup_vs_peer_row": row,
+        "mfu": impl[row].get("mfu_model_best"),
+        "mfu_flop_formula": MFU_FORMULA,
+        "peak_tflops": args.peak_tflops,
+        "pairs_per_s": impl[row]["pairs_per_s"]["best"],
+        "peer_pairs_per_s": impl["peer"]["pairs_per_s"]["best"],
+    }
 
 
 def _ratio(a, b):
@@ -324,6 +381,8 @@ def parse_args(argv=None):
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help=f"peak dense FLOP/s in TFLOP/s for MFU (CUDA default {H100_SXM_BF16_DENSE_TFLOPS}, H100 SXM "
                          "bf16); on CPU MFU is skipped unless given")
+    ap.add_argument("--unpadded-row", action=argparse.BooleanOptionalAction, default=None,
+                    help="time the row ours_unpadded (kd with `unpadded: true`; default: on CUDA only)")
     ap.add_argument("--parse-lines", type=int, default=1_000_000)
     ap.add_argument("--parse-repeats", type=int, default=2)
     ap.add_argument("--skip-parsing", action="store_true")
@@ -335,7 +394,9 @@ def parse_args(argv=None):
     gpu = args.device == "cuda"
     args.pairs = args.pairs or (20_000 if gpu else 1_000)
     args.batch_size = args.batch_size or (256 if gpu else 32)
-    args.impls = ("ours", "peer")
+    if args.unpadded_row is None:
+        args.unpadded_row = gpu
+    args.impls = ("ours", "ours_unpadded", "peer") if args.unpadded_row else ("ours", "peer")
     args.precision = args.precision or ("autocast-bf16" if gpu else "fp32")
     if gpu and args.peak_tflops is None:
         args.peak_tflops = H100_SXM_BF16_DENSE_TFLOPS
@@ -366,10 +427,16 @@ def main(argv=None) -> int:
               f"{args.precision}, torch threads {torch.get_num_threads()}", flush=True)
         report["data"] = meta
         report["scoring"] = bench_scoring(args, device, queries, passages)
-        sp = report["scoring"]["speedup_ours_over_peer"]["best"]
+        report.update(headline(args, report["scoring"]))
+        sp = report["speedup_vs_peer"]
         key = "gpu_speedup_min" if device.type == "cuda" else "cpu_speedup_min"
         checks["speedup"] = {"target": TARGETS[key], "measured_best": sp, "pass": bool(sp >= TARGETS[key])}
         checks["scores_agree"] = {"pass": report["scoring"]["agreement"]["agree"]}
+        if "unpadded_agreement" in report["scoring"]:
+            checks["unpadded_agrees"] = {"pass": report["scoring"]["unpadded_agreement"]["agree"]}
+        if device.type == "cuda" and report["mfu"] is not None:
+            checks["mfu"] = {"target": TARGETS["gpu_mfu_min"], "measured_best": report["mfu"],
+                             "pass": bool(report["mfu"] >= TARGETS["gpu_mfu_min"])}
     if not args.skip_parsing:
         print(f"parsing a {args.parse_lines:,}-line teacher file", flush=True)
         report["parsing"] = bench_parsing(args)
@@ -395,7 +462,7 @@ def print_table(r: dict) -> None:
         mfu = "peak_tflops" in s
         print(f"{'cross-encoder':14s} {'best p/s':>10s} {'mean p/s':>10s} {'pad tok/pair':>12s} {'pad eff':>8s} "
               f"{'tok s':>7s} {'TFLOP/s':>8s}" + (f" {'MFU':>6s}" if mfu else ""))
-        for name, label in (("ours", "ours (kd)"), ("peer", "CrossEncoder")):
+        for name, label in (("ours", "ours (kd)"), ("ours_unpadded", "ours unpadded"), ("peer", "CrossEncoder")):
             if name not in s["implementations"]:
                 continue
             i = s["implementations"][name]
@@ -403,6 +470,13 @@ def print_table(r: dict) -> None:
                   f"{i['padded_tokens_per_pair']:12.1f} {i['padding_efficiency']:8.3f} "
                   f"{i['tokenize_only_seconds']:7.2f} "
                   f"{i['achieved_tflops_best']:8.3f}" + (f" {i['mfu_best']:6.1%}" if mfu else ""))
+        if "speedup_ours_unpadded_over_peer" in s:
+            print(f"unpadded: {s['speedup_ours_unpadded_over_peer']['best']:.3f}x the peer, "
+                  f"{s['speedup_unpadded_over_padded']:.3f}x the padded row, max|diff| vs padded "
+                  f"{s['unpadded_agreement']['max_abs_diff']:.2e}")
+        if r.get("mfu") is not None:
+            print(f"headline: {r['speedup_vs_peer']:.3f}x the peer ({r['speedup_vs_peer_row']}), model-FLOP MFU "
+                  f"{r['mfu']:.1%} of {r['peak_tflops']:.0f} TFLOP/s")
         a = s["agreement"]
         print(f"speedup ours/peer: best {s['speedup_ours_over_peer']['best']:.3f}x, mean "
               f"{s['speedup_ours_over_peer']['mean']:.3f}x | scores: max|diff| {a['max_abs_diff']:.2e} (raw subset "
