@@ -228,6 +228,35 @@ def test_prepared_batches_are_the_raw_batches_tokenised(prepared, raw, minilm_pa
         assert np.array_equal(example_lengths(prep, student), example_lengths(ex, student))
 
 
+@pytest.mark.slow  # ~45 s on 2 shared cores
+def test_training_steps_from_the_folder_equal_the_raw_steps(prepared, raw, minilm_path):
+    """The worker's step without Ray: DistillStep + AdamW over the same length-grouped batches (batch_stream: the
+    prepared ones collated ahead in a thread) give the identical loss at every step, dropout seeded alike."""
+    from kd.data.prefetch import batch_stream
+    from kd.init import truncate_layers
+    from kd.training import DistillStep, example_lengths, load_examples, rank_batches
+
+    losses = {}
+    for kind, data in (("raw", {}), ("prepared", {"prepared": str(prepared)})):
+        cfg = _distill_cfg(raw, **data)
+        torch.manual_seed(11)
+        student = truncate_layers(get_model_class("bert_dot").from_backbone(minilm_path), 2)
+        step = DistillStep.from_config(cfg, student).train()
+        opt = torch.optim.AdamW(step.parameters(), lr=1e-4)
+        ex = load_examples(cfg, student)
+        batches = rank_batches(len(ex), 0, 11, 0, 1, 8, example_lengths(ex, student), 2)[:4]
+        losses[kind] = []
+        for bi, batch in enumerate(batch_stream(ex, batches)):
+            torch.manual_seed(bi)
+            loss = step(batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses[kind].append(loss.item())
+    assert len(losses["raw"]) == 4 and all(np.isfinite(losses["raw"]))
+    assert losses["prepared"] == losses["raw"]
+
+
 def test_a_mismatched_student_or_changed_source_is_refused_by_field(prepared, raw, tmp_path):
     from kd.training import check_examples
 
@@ -299,9 +328,9 @@ def _distill_yaml(raw, name: str, arch: str, **data) -> Path:
         "mode": "score_file", "student": {"architecture": arch, "init": {"num_layers": 2}},
         "loss": {"name": "margin_mse"}, "teacher": {"scores": str(raw["scores"])},
         "data": {"queries": str(raw["queries"]), "passages": str(raw["passages"]), "strict": False, **data},
-        "training": {"num_workers": 1, "micro_batch_size": 8, "max_steps": 5, "epochs": 1, "lr": 1e-4,
-                     "log_every": 1, "checkpoint_every": 100, "seed": 11, "group_by_length": 2},
-        "mlflow": {"tracking_uri": f"sqlite:///{raw['root']}/mlflow.db", "experiment": "prepared-test"},
+        "training": {"num_workers": 1, "micro_batch_size": 8, "max_steps": 4, "epochs": 1, "lr": 1e-4,
+                     "log_every": 1, "checkpoint_every": 1, "num_to_keep": 4, "seed": 11, "group_by_length": 2},
+        "mlflow": {"enabled": False},
         "run": {"name": name, "storage_path": str(raw["root"] / "runs")},
     }
     path = raw["root"] / f"{name}.yaml"
@@ -309,19 +338,17 @@ def _distill_yaml(raw, name: str, arch: str, **data) -> Path:
     return path
 
 
-def _losses(raw, final: dict) -> list[float]:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{raw['root']}/mlflow.db")
-    return [m.value for m in sorted(client.get_metric_history(final["mlflow_run_id"], "loss"), key=lambda m: m.step)]
+def _losses(run_folder: Path) -> list[float]:
+    """The loss of every step, as each step's checkpoint recorded it (kd_progress.json)."""
+    progress = [json.loads(p.read_text()) for p in run_folder.glob("checkpoint_*/kd_progress.json")]
+    return [p["loss"] for p in sorted(progress, key=lambda p: p["step"])]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["bert_dot", "bert_cat"])
 def test_distill_from_a_prepared_folder_reaches_the_raw_paths_losses(arch, prepared, raw, ray_head):
-    """jobs.distill, 1 worker, 5 steps grouped by length: the same seed gives the same loss at every step from the
+    """jobs.distill, 1 worker, 4 steps grouped by length: the same seed gives the same loss at every step from the
     raw files and from the prepared folder (with no raw file named)."""
-    finals = []
     for name, data in ((f"raw-{arch}", {}), (f"prep-{arch}", {"prepared": str(prepared)})):
         config = _distill_yaml(raw, name, arch, **data)
         if data:
@@ -330,7 +357,6 @@ def test_distill_from_a_prepared_folder_reaches_the_raw_paths_losses(arch, prepa
             config.write_text(yaml.safe_dump(cfg))
         proc = _run("jobs.distill", config, env=ray_head.env())
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
-        finals.append(json.loads((raw["root"] / "runs" / name / "final.json").read_text()))
-    raw_losses, prepared_losses = (_losses(raw, f) for f in finals)
-    assert len(raw_losses) == 5 and all(np.isfinite(raw_losses))
+    raw_losses, prepared_losses = (_losses(raw["root"] / "runs" / f"{kind}-{arch}") for kind in ("raw", "prep"))
+    assert len(raw_losses) == 4 and all(np.isfinite(raw_losses))
     assert prepared_losses == raw_losses

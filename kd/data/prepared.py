@@ -189,7 +189,7 @@ class PreparedExamples:
         """kd.training.example_lengths's key from the stored full counts: min(count + special tokens, max) of the
         query plus that of the longer passage."""
         a = self.arrays
-        side = lambda side, rows, cap: np.minimum(np.asarray(a[f"{side}.lengths"], np.int64)[rows] + specials, cap)  # noqa: E731
+        side = lambda side, rows, cap: np.minimum(a[f"{side}.lengths"][rows].astype(np.int64) + specials, cap)  # noqa: E731
         q, p, n = a["query_row"][: self.n], a["pos_row"][: self.n], a["neg_row"][: self.n]
         return side("queries", q, q_max) + np.maximum(side("passages", p, p_max), side("passages", n, p_max))
 
