@@ -178,10 +178,14 @@ def varlen_attention(q, k, v, p: Packing, *, scale: float, dropout_p: float = 0.
         return fn(q, k, v, p.cu_seqlens, p.cu_seqlens, p.max_seqlen, p.max_seqlen, dropout_p=dropout_p,
                   softmax_scale=scale, causal=False)
     if kernel == "nested_sdpa":
+        # torch 2.13's CPU nested path accumulates in the input dtype (bf16: 2.5x the padded kernel's error): fp32 there
+        dtype = q.dtype
+        if not q.is_cuda and dtype in (torch.bfloat16, torch.float16):
+            q, k, v = q.float(), k.float(), v.float()
         offsets = p.cu_seqlens.long()
         q, k, v = (torch.nested.nested_tensor_from_jagged(t, offsets=offsets).transpose(1, 2) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
-        return out.transpose(1, 2).values()
+        return out.transpose(1, 2).values().to(dtype)
     if kernel == "loop":
         bounds = p.cu_seqlens.tolist()
         outs = []
