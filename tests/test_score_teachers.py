@@ -325,3 +325,115 @@ def test_a_member_that_cannot_score_fails_naming_it_before_ray(workdir, minilm_p
 
         assert not ray.is_initialized()
     assert not any((tmp_path / f"out{i}").exists() for i in range(len(cases)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one streaming pipeline (issue 17, item 3): the ensemble built once per actor, windows fixed by row index
+
+
+@pytest.fixture(scope="module")
+def streamed(every_kind, workdir) -> Path:
+    """The every-kind ensemble again, as 4 shards of 3 rows in windows of 2 (the last window of a shard is 1 row),
+    one actor: one pipeline must serve every shard with the one ensemble its actor built."""
+    root = workdir / "streamed"
+    root.mkdir()
+    config = yaml.safe_load((every_kind / "config.yaml").read_text())
+    config.update(output_dir=str(root / "out"), shard_size=3, window=2, num_actors=1)
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = _job(root / "config.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+def test_one_pipeline_loads_the_ensemble_once_per_actor_across_shards(streamed):
+    out = streamed / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["shards"] == 4 and summary["scored_now"] == 10 and summary["triples"] == 10
+    assert summary["actors"] == 1 and summary["model_loads_per_actor"] == 1
+    assert 0 < summary["first_row_seconds"] < 600 and summary["seconds"] > 0
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [f"part-{i:05d}.parquet" for i in range(4)]
+    assert not (out / "plan").exists()  # the job's plan is removed once every shard is written
+    for key in ("input_lines", "skipped", "missing_query", "missing_passage", "bad_lines", "duplicates",
+                "reused_from_shards", "pairs_per_second", "combination", "output", "members", "ensemble"):
+        assert key in summary
+
+
+def test_streamed_scores_equal_the_members_own_scorers_window_by_window(streamed, workdir, shared_data):
+    """What the per-shard implementation computed: each shard cut into windows of `window` rows from its first row,
+    each window's 2n pairs scored by every member's own predict (one thread, as in a 1-CPU actor) — bit for bit."""
+    from kd.configs.score_teachers import ScoreTeachersConfig
+    from kd.teachers import TeacherEnsemble, load_member
+
+    config = ScoreTeachersConfig(**yaml.safe_load((streamed / "config.yaml").read_text()))
+    q, pos, neg = _texts(shared_data, _triples(workdir))
+    ensemble = TeacherEnsemble([load_member(t.model_dump()) for t in config.teachers], names=NAMES)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = {f"{n}_{s}": [] for n in NAMES for s in ("pos", "neg")}
+        for shard in range(0, 10, 3):
+            for w in range(shard, min(shard + 3, 10), 2):
+                rows = range(w, min(w + 2, shard + 3, 10))
+                qs = [q[i] for i in rows]
+                m = ensemble.predict_members(qs + qs, [pos[i] for i in rows] + [neg[i] for i in rows],
+                                             batch_size=config.batch_size).numpy().astype(np.float32)
+                for j, n in enumerate(NAMES):
+                    expected[f"{n}_pos"].append(m[j, :len(rows)])
+                    expected[f"{n}_neg"].append(m[j, len(rows):])
+    finally:
+        torch.set_num_threads(threads)
+    members = pq.read_table(streamed / "out" / "members.parquet")
+    assert members.column("qid").to_pylist() == [t[0] for t in _triples(workdir)]
+    for col, parts in expected.items():
+        np.testing.assert_array_equal(members.column(col).to_numpy(), np.concatenate(parts), err_msg=col)
+
+
+def test_a_killed_streaming_job_resumes_to_the_same_bytes(streamed, tmp_path):
+    """SIGKILL the job once its first shard is on disk; the rerun scores only the missing shards, and the file is
+    byte for byte the uninterrupted run's."""
+    import os
+    import signal
+
+    config = yaml.safe_load((streamed / "config.yaml").read_text())
+    config.update(output_dir=str(tmp_path / "out"), shard_size=2, window=1)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "jobs.score_teachers", "--config", str(tmp_path / "config.yaml")]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    first = tmp_path / "out" / "shards" / "part-00000.parquet"
+    deadline = time.monotonic() + 300
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in (tmp_path / "out" / "shards").iterdir() if p.suffix == ".parquet")
+    assert 1 <= len(done) < 5, done  # killed in the middle
+    again = _job(tmp_path / "config.yaml")
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["reused_from_shards"] == 2 * len(done) and summary["scored_now"] == 10 - 2 * len(done)
+    # shards of 2 rows in windows of 1 give other bi-encoder batches than the reference run's windows of 2: the
+    # reference is this config's own uninterrupted run
+    ref = tmp_path / "ref.yaml"
+    ref.write_text(yaml.safe_dump({**config, "output_dir": str(tmp_path / "ref")}))
+    assert _job(ref).returncode == 0
+    assert (tmp_path / "out" / "teacher_scores.tsv").read_bytes() == (tmp_path / "ref" / "teacher_scores.tsv").read_bytes()
+    assert (tmp_path / "out" / "members.parquet").read_bytes() != b""
+
+
+def test_a_malformed_triples_line_is_reported_with_file_and_line_before_ray(workdir, tmp_path):
+    bad = tmp_path / "triples.tsv"
+    good = (workdir / "triples.tsv").read_text().splitlines()
+    bad.write_text("\n".join(good[:6] + ["1\t31715818"] + good[6:]) + "\n")  # two fields on line 7
+    out = tmp_path / "out"
+    proc = _job(workdir / "config.yaml", f"input={bad}", f"output_dir={out}")
+    assert proc.returncode != 0
+    assert f"{bad}, line 7" in proc.stderr, proc.stderr[-3000:]
+    assert "Started a local Ray instance" not in proc.stderr
+    assert not out.exists()  # the validation pass's plan is not left behind (nor the folder it made)
+
+    proc = _job(workdir / "config.yaml", f"input={bad}", f"output_dir={out}", "strict=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bad_lines"] == 1 and summary["triples"] == 10 and summary["skipped"] == 0
+    assert summary["model_loads_per_actor"] == 1
