@@ -1,12 +1,11 @@
 """The scoring job's one Ray Data pipeline over every pending window, and the shards the driver writes from it.
 
 Why one pipeline: a pipeline per shard rebuilt the actor pool — and reloaded the teacher ensemble — for every shard
-(≈ 400 times for a 40 M-triple file). Here `ray.data.range(windows)` feeds one `map_batches(WindowScorer)` actor
-pool (kd/runtime/scoring_actor.py): window k is window k % W of pending shard k // W (W windows per shard; the last
-shard's missing ones come back empty). The descriptors are read as one-row blocks (`target_max_block_size` 1 for
-this dataset only) so each actor call is one window and its one-row output streams back as soon as it is scored;
-`preserve_order` keeps the windows in row order. The driver keeps at most one shard's scores: when every row of a
-shard has arrived it writes
+(≈ 400 times for a 40 M-triple file). Here the window descriptors (one block each, made in the driver) feed one
+`map_batches(WindowScorer)` actor pool (kd/runtime/scoring_actor.py): window k is window k % W of pending shard
+k // W (W windows per shard; the last shard's missing ones come back empty). One descriptor per block: each actor
+call is one window and its one-row output streams back as soon as it is scored; `preserve_order` keeps the windows
+in row order. The driver keeps at most one shard's scores: when every row of a shard has arrived it writes
     shards/part-NNNNN.parquet  qid, pos_pid, neg_pid (from the plan) + every member's raw <name>_pos / <name>_neg
 atomically (a temporary name, then a rename: an existing shard is a finished one).
 """
@@ -45,16 +44,12 @@ class StreamResult:
 
 def _dataset(cfg: ScoreTeachersConfig, out: Path, pending: list[int], texts):
     import ray
-    from ray.data import DataContext
-
     per_shard = -(-cfg.shard_size // cfg.window)
-    ctx = DataContext.get_current()
-    default = ctx.target_max_block_size
-    ctx.target_max_block_size = 1  # copied into this dataset's context: one window descriptor per block
-    try:
-        ds = ray.data.range(len(pending) * per_shard)
-    finally:
-        ctx.target_max_block_size = default
+    n = len(pending) * per_shard
+    # one window descriptor per block, made in the driver: no read task, so nothing upstream waits for a CPU that
+    # the actor pool holds (ray.data.range's read tasks each need one: with cpus_per_actor = all the cluster's CPUs,
+    # as in the quickstart, the pipeline never started)
+    ds = ray.data.from_items([{"id": k} for k in range(n)], override_num_blocks=n)
     ds = ds.map_batches(
         WindowScorer,
         fn_constructor_kwargs={
