@@ -102,6 +102,21 @@ def max_other_share(rows: dict) -> float | None:
     return max(shares) if shares else None
 
 
+MFU_FORMULA = ("3 x forward FLOPs (forward + backward) per triple x ours_1w triples/s / --peak-tflops; forward FLOPs "
+               "per triple = 2 * non-embedding params * real tokens per triple (query + p+ + p-, attention's "
+               "L^2 terms not counted)")
+
+
+def model_flops_utilisation(result: dict, peak_tflops: float | None) -> tuple[float | None, str]:
+    """ours_1w's achieved training FLOP/s over the device's peak (None without a peak, a rate or the model size)."""
+    rate = (result["rows"].get("ours_1w") or {}).get("triples_per_s")
+    tokens = (result.get("tokens", {}).get("ours_kd_tokenization") or {}).get("real_tokens_per_triple")
+    params = result.get("settings", {}).get("non_embedding_params")
+    if not (peak_tflops and rate and tokens and params):
+        return None, MFU_FORMULA
+    return 3 * 2 * params * tokens * rate / (peak_tflops * 1e12), MFU_FORMULA
+
+
 def derive(args, result: dict) -> None:
     """Everything the JSON holds beside the rows, computed from them (in place)."""
     rows = result["rows"]
@@ -116,6 +131,8 @@ def derive(args, result: dict) -> None:
         result["speedup"]["ours_1w_vs_peer"] if args.precision == "fp32" or on_gpu else None)
     for key in ("padding_fraction_before", "padding_fraction_after"):
         result[key] = (result.get("padding") or {}).get(key)
+    result["speedup_vs_peer"] = result["speedup_vs_st"]  # bench/gpu.sh's common key
+    result["mfu"], result["mfu_flop_formula"] = model_flops_utilisation(result, getattr(args, "peak_tflops", None))
     result["max_other_share"] = max_other_share(rows)
     result["contended"] = result["max_other_share"] is not None and result["max_other_share"] > CONTENDED_SHARE
     tok = result.get("tokens", {})

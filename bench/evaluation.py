@@ -248,6 +248,12 @@ def main(argv=None) -> int:
         result["dense"] = bench_dense(scifact, model_path, args.batch_size, args.device, args.precision,
                                       not args.no_like_for_like, args.peak_tflops)
         result["speedup_vs_beir"] = result["dense"]["speedup"]  # the issue's keys, at the top level
+        result["speedup_vs_peer"] = result["dense"]["speedup"]  # bench/gpu.sh's common key
+        work = result["dense"]["work"]
+        result["mfu"] = work["utilisation"]["ours"] if "utilisation" in work else None
+        result["mfu_flop_formula"] = ("dense.work: forward FLOPs of corpus + queries, 2 * non-embedding params * L + "
+                                      "4 * layers * L^2 * hidden per text (padding not counted), / ours' wall time "
+                                      "/ --peak-tflops")
         result["ndcg_delta"] = result["dense"]["ndcg_delta"]
         result["precision"] = result["dense"]["precision"]
         d = result["dense"]

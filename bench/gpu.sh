@@ -114,7 +114,7 @@ check_keys scoring "$OUT/scoring-gpu.json"
 
 # training: jobs.distill (Ray Train + DeepSpeed, bf16) vs the sentence-transformers MarginMSE loop, 200 timed steps
 run_step training "$T_TRAINING" "$PY" bench/training.py --device cuda --precision bf16 --steps 200 --warmup 20 \
-  --micro-batch 32 --no-diagnostics --no-two-workers --no-thread-probe --job-timeout 180 \
+  --micro-batch 32 --no-diagnostics --no-two-workers --no-thread-probe --job-timeout 180 --peak-tflops "$PEAK" \
   --out "$OUT/training-gpu.json"
 check_keys training "$OUT/training-gpu.json"
 

@@ -96,6 +96,8 @@ def parse_args(argv=None):
                     help="ours' training.precision and kd_step's autocast (default auto: bf16 where the device has "
                          "native bf16, kd.precision.resolve_precision); the peer runs at sentence-transformers' "
                          "default (fp32) on CPU, plus a peer_bf16 row under CPU autocast when ours is bf16")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the device's dense peak TFLOP/s at the trained precision: adds mfu (ours_1w) to the JSON")
     ap.add_argument("--data-dir", default=None, help="shared data folder (default: ../shared/data)")
     ap.add_argument("--out", default=None, help="default: bench/results/training-<device>.json")
     ap.add_argument("--no-diagnostics", action="store_true",
@@ -247,6 +249,8 @@ def run_rows(args, result: dict, tmp: Path, gpus: int) -> None:
         raise SystemExit(f"only {len(examples)} triples: too few for {total} steps of {args.micro_batch}")
     result["data"]["examples_joined"] = len(examples)
     result["padding"] = padding_fractions(args, student, examples, lengths)
+    result["settings"]["non_embedding_params"] = sum(  # the model size MFU counts (_training_report.MFU_FORMULA)
+        p.numel() for n, p in student.encoder.named_parameters() if not n.startswith("embeddings."))
     del student  # only its tokenizer and max lengths were needed: the rows build their own
     print(f"[bench] padding fraction over the epoch's {result['padding']['micro_batches']} micro-batches: plain "
           f"{result['padding']['padding_fraction_before']:.4f}, grouped by length (window "

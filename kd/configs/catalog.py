@@ -25,14 +25,14 @@ LOSS_KINDS = {
 LAYER_SCHEMES = ("top-bottom", "uniform", "bottom", "top", "middle")
 # the keyword options each architecture's constructor takes (student.options) and each loss's (loss.options)
 ARCHITECTURE_OPTIONS = {
-    "bert_cat": ("max_query_length", "max_passage_length"),
-    "bert_dot": ("pooling", "normalize", "projection_dim", "max_query_length", "max_passage_length"),
-    "colbert": ("dim", "n_mask_tokens", "max_query_length", "max_passage_length"),
+    "bert_cat": ("max_query_length", "max_passage_length", "unpadded"),
+    "bert_dot": ("pooling", "normalize", "projection_dim", "max_query_length", "max_passage_length", "unpadded"),
+    "colbert": ("dim", "n_mask_tokens", "max_query_length", "max_passage_length", "unpadded"),
     "prettr": ("split_layer", "max_query_length", "max_passage_length"),
     "tk": ("vocab_size", "embedding_dim", "num_layers", "num_heads", "ff_dim", "n_kernels", "sigma", "dropout",
            "train_embeddings", "max_query_length", "max_passage_length"),
-    "tinybert_cat": ("max_length",),
-    "hf_cross_encoder": ("max_length",),
+    "tinybert_cat": ("max_length", "unpadded"),
+    "hf_cross_encoder": ("max_length", "unpadded"),
 }
 LOSS_OPTIONS = {
     "margin_mse": (),
