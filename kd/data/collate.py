@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from kd.models.colbert import augment_queries
+
 PAIR = ("bert_cat", "tinybert_cat", "hf_cross_encoder")
 SUPPORTED = (*PAIR, "bert_dot", "colbert", "prettr", "tk")
 
@@ -148,23 +150,8 @@ class Layouts:
         return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
 
     def colbert_queries(self, batch: dict[str, torch.Tensor], n_mask: int) -> dict[str, torch.Tensor]:
-        """ColBERT's query augmentation (kd/models/colbert.py `_augment`): n [MASK] after each query's last real
-        token, before the padding; token types all 0."""
-        if n_mask == 0:
-            return batch
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        lengths = mask.sum(1)
-        positions = torch.arange(ids.shape[1] + n_mask).unsqueeze(0)
-        real = positions < lengths.unsqueeze(1)
-        masks = (positions >= lengths.unsqueeze(1)) & (positions < (lengths + n_mask).unsqueeze(1))
-        new_ids = torch.full(real.shape, self.sp.pad, dtype=ids.dtype)
-        new_ids[real] = ids[mask.bool()]
-        new_ids[masks] = self.sp.mask
-        out = {"input_ids": new_ids, "attention_mask": (real | masks).to(mask.dtype)}
-        if "token_type_ids" in batch:
-            out["token_type_ids"] = torch.zeros_like(new_ids)
-        return out
-
+        """ColBERT's query augmentation, the model's own function (kd.models.colbert.augment_queries)."""
+        return augment_queries(batch, n_mask, self.sp.pad, self.sp.mask)
 
 def side_caps(architecture: str, options: dict, specials: Specials) -> tuple[int, int]:
     """Word pieces (no special tokens) a prepared folder must keep per query and per passage for this student to be

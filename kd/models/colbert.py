@@ -21,6 +21,27 @@ from kd.models import unpadded as up
 from kd.models.base import Ranker, tokenize_texts
 
 
+def augment_queries(batch: dict[str, torch.Tensor], n: int, pad_id: int, mask_id: int) -> dict[str, torch.Tensor]:
+    """Insert n [MASK] tokens after each query's last real token (attended, before the padding); token types all 0.
+    Shared by ColBERT's own tokenisation and the prepared-folder collation (kd/data/collate.py)."""
+    if n == 0:
+        return batch
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    b, length = ids.shape
+    lengths = mask.sum(1)
+    new_len = length + n
+    positions = torch.arange(new_len).unsqueeze(0)
+    real = positions < lengths.unsqueeze(1)
+    masks = (positions >= lengths.unsqueeze(1)) & (positions < (lengths + n).unsqueeze(1))
+    new_ids = torch.full((b, new_len), pad_id, dtype=ids.dtype)
+    new_ids[real] = ids[mask.bool()]
+    new_ids[masks] = mask_id
+    out = {"input_ids": new_ids, "attention_mask": (real | masks).to(mask.dtype)}
+    if "token_type_ids" in batch:
+        out["token_type_ids"] = torch.zeros_like(new_ids)
+    return out
+
+
 class ColBERT(Ranker):
     architecture = "colbert"
     dual_encoder = True
@@ -56,25 +77,8 @@ class ColBERT(Ranker):
         return self.compression(hidden.last_hidden_state)
 
     def _augment(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Insert n [MASK] tokens after each query's last real token (attended, before the padding)."""
-        n = self.options["n_mask_tokens"]
-        if n == 0:
-            return batch
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        b, length = ids.shape
-        lengths = mask.sum(1)
-        new_len = length + n
-        positions = torch.arange(new_len).unsqueeze(0)
-        real = positions < lengths.unsqueeze(1)
-        masks = (positions >= lengths.unsqueeze(1)) & (positions < (lengths + n).unsqueeze(1))
-        pad_id = self.tokenizer.pad_token_id or 0
-        new_ids = torch.full((b, new_len), pad_id, dtype=ids.dtype)
-        new_ids[real] = ids[mask.bool()]
-        new_ids[masks] = self.tokenizer.mask_token_id
-        out = {"input_ids": new_ids, "attention_mask": (real | masks).to(mask.dtype)}
-        if "token_type_ids" in batch:
-            out["token_type_ids"] = torch.zeros_like(new_ids)
-        return out
+        return augment_queries(batch, self.options["n_mask_tokens"], self.tokenizer.pad_token_id or 0,
+                               self.tokenizer.mask_token_id)
 
     def _tokenize_queries(self, queries: Sequence[str]) -> dict[str, torch.Tensor]:
         return self._augment(tokenize_texts(self.tokenizer, queries, self.options["max_query_length"]))
